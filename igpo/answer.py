@@ -67,7 +67,9 @@ def as_gold_list(golds: Any) -> list[str]:
             else:
                 aliases.append(str(g).strip())
     else:
-        raise ValueError(f"ground_truth must be a string, a list of strings or {{'target': [...]}}, got {golds!r}")
+        raise ValueError(
+            f"ground_truth must be a string, a list of strings or {{'target': [...]}}, got {golds!r}"
+        )
     aliases = [a for a in aliases if a]
     if not aliases:
         raise ValueError(f"ground_truth has no non-empty answer alias: {golds!r}")
@@ -150,7 +152,10 @@ def check_format(response: str) -> tuple[bool, str]:
         closing, tag = m.group(1) == "/", m.group(2)
         if open_tag is not None:
             if not closing or tag != open_tag:
-                return False, f"<{'/' if closing else ''}{tag}> at char {m.start()} inside unclosed <{open_tag}>"
+                return (
+                    False,
+                    f"<{'/' if closing else ''}{tag}> at char {m.start()} inside unclosed <{open_tag}>",
+                )
             body = response[open_at : m.start()]
             if tag == "tool_call":
                 why = _check_tool_call(body.strip())
@@ -160,8 +165,12 @@ def check_format(response: str) -> tuple[bool, str]:
                 return False, f"turn {turns}: empty <{tag}>"
             open_tag = None
             pos = m.end()
-            state = {"think": "after_think", "tool_call": "after_call", "answer": "done",
-                     "tool_response": "turn_start"}[tag]
+            state = {
+                "think": "after_think",
+                "tool_call": "after_call",
+                "answer": "done",
+                "tool_response": "turn_start",
+            }[tag]
             continue
         if closing:
             return False, f"</{tag}> at char {m.start()} without a matching <{tag}>"
@@ -197,7 +206,9 @@ def outcome_reward(response: str, golds: Any, format_penalty: float = DEFAULT_FO
     ``format_penalty`` is the paper's λ_fmt and must be negative.
     """
     if format_penalty >= 0:
-        raise ValueError(f"format_penalty must be negative (the paper's lambda_fmt < 0), got {format_penalty}")
+        raise ValueError(
+            f"format_penalty must be negative (the paper's lambda_fmt < 0), got {format_penalty}"
+        )
     ok, _ = check_format(response)
     if not ok:
         return float(format_penalty)

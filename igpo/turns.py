@@ -81,7 +81,9 @@ def prefix_ends_from_mask(response_mask: Sequence[int] | torch.Tensor, prompt_le
     return [prompt_len] + [prompt_len + s for s, _ in spans[1:]]
 
 
-def prefix_ends_from_turn_ends(prompt_len: int, tool_turn_ends: Sequence[int], response_len: int) -> list[int]:
+def prefix_ends_from_turn_ends(
+    prompt_len: int, tool_turn_ends: Sequence[int], response_len: int
+) -> list[int]:
     """Prefix ends from the ends (response coordinates) of the tool turns an agent loop recorded.
 
     ``tool_turn_ends[k]`` is the response length just after the tool response of turn k + 1. They

@@ -1,0 +1,77 @@
+"""Registers the ``igpo`` advantage estimator with verl (``algorithm.adv_estimator=igpo``).
+
+verl calls a registered estimator with ``token_level_rewards``, ``response_mask``, ``config``
+(= ``config.algorithm``) and, when the batch has uids, ``index``; the turn structure travels in those
+tensors (see :mod:`igpo.advantage` for the encoding contract). Settings live under
+``algorithm.igpo`` (``reward_mode``, ``norm``); γ is ``algorithm.gamma``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from verl.trainer.ppo.core_algos import register_adv_est
+
+from igpo.advantage import compute_igpo_advantage
+
+IGPO_DEFAULTS: dict[str, Any] = {"reward_mode": "f1+ig", "norm": "separate", "epsilon": 1e-6}
+# Keys of ``algorithm.igpo`` read elsewhere (reward and information-gain steps), accepted here.
+IGPO_OTHER_KEYS = ("ig_source", "ig_basis", "format_penalty", "answer_template")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Read ``key`` from a dict, DictConfig, verl dataclass config or plain object."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        try:
+            value = cfg.get(key, default)
+        except Exception:  # a dataclass config whose .get raised on a missing field
+            value = default
+        return default if value is None else value
+    return getattr(cfg, key, default)
+
+
+def igpo_settings(config: Any) -> dict[str, Any]:
+    """Resolve the estimator's settings from ``config.algorithm`` (any mapping-like or None)."""
+    if _get(config, "use_kl_in_reward", False):
+        raise ValueError(
+            "algorithm.use_kl_in_reward=True is not supported with adv_estimator=igpo: the in-reward KL "
+            "is spread over every token and would break the turn-reward encoding. Use the KL loss "
+            "(actor_rollout_ref.actor.use_kl_loss=True, kl_loss_coef=0.001 as in the paper) instead."
+        )
+    sub = _get(config, "igpo", None)
+    unknown = set(dict(sub).keys()) - set(IGPO_DEFAULTS) - set(IGPO_OTHER_KEYS) if sub is not None else set()
+    if unknown:
+        raise ValueError(f"algorithm.igpo has unknown keys {sorted(unknown)}")
+    settings = {k: _get(sub, k, v) for k, v in IGPO_DEFAULTS.items()}
+    settings["gamma"] = float(_get(config, "gamma", 1.0))
+    settings["norm_by_std"] = bool(_get(config, "norm_adv_by_std_in_grpo", True))
+    return settings
+
+
+@register_adv_est("igpo")
+def compute_igpo_advantage_verl(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray | None = None,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl entry point of the IGPO estimator; returns ``(advantages, returns)``, both ``(bs, L)``."""
+    if index is None:
+        raise ValueError("adv_estimator=igpo needs the group index (non_tensor_batch['uid']) of every row")
+    s = igpo_settings(config)
+    return compute_igpo_advantage(
+        token_level_rewards,
+        response_mask,
+        index,
+        gamma=s["gamma"],
+        reward_mode=s["reward_mode"],
+        norm=s["norm"],
+        epsilon=s["epsilon"],
+        norm_by_std=s["norm_by_std"],
+    )
