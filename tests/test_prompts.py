@@ -155,3 +155,18 @@ def test_parse_tool_call_restricted_tools():
     call = format_tool_call("web_search", {"query": ["x"]})
     with pytest.raises(ValueError, match="available tools: \\['search'\\]"):
         parse_tool_call(call, tools=["search"])
+
+
+def test_formats_agree_with_answer_module():
+    """A turn built from format_tool_call and wrap_answer passes igpo.answer's turn grammar and extraction."""
+    from igpo.answer import check_format, extract_answer
+
+    final, (s, e) = wrap_answer("Canberra")
+    response = (
+        "<think>look it up</think>"
+        + format_tool_call("search", {"query": ["capital of Australia"]})
+        + "<tool_response>Canberra is the capital.</tool_response>"
+        + final
+    )
+    assert check_format(response) == (True, "ok")
+    assert extract_answer(response) == final[s:e] == "Canberra"
