@@ -14,6 +14,10 @@ The score JSON maps each ``data_source`` to ``{"f1", "em", "cover_em", "n", "tur
 (micro: every sample counts once) and ``"average"`` (macro: the mean over data sources, as the paper's
 Avg. column). With ``--judge`` each entry also has ``"judge_acc"`` and ``"judge_unparsed"``.
 
+Judge settings: ``--judge-url`` (or env ``JUDGE_BASE_URL``), ``--judge-model`` (or ``JUDGE_MODEL``); the
+API key is read from ``JUDGE_API_KEY`` or ``OPENAI_API_KEY`` and never printed. Verdicts are cached in
+``judge_cache.sqlite`` beside the rollout file (``--judge-cache`` to move it).
+
 Scoring: the prediction is the content of the last ``<answer>…</answer>`` of the response; a response
 without one scores 0. F1/EM use SQuAD normalization (lowercase, no punctuation, no articles a/an/the)
 with token-multiset F1, maximized over gold aliases (``igpo.answer``) - the FlashRAG/Search-R1
