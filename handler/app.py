@@ -1,0 +1,409 @@
+"""The FastAPI application: Search-R1 ``/retrieve``, the paper's two web tools, ``/health``, ``/metrics``.
+
+Every failure is an explicit HTTP error with a JSON body ``{"error": kind, "detail": message}``:
+4xx for bad input (the message names the field and the value), 502/504 for backend failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+
+from handler.backends.web import WebSearch, format_web_results
+from handler.cache import Cache, cache_key, normalize_query
+from handler.config import HandlerConfig, load_config
+from handler.errors import BackendFailure, BackendTimeout, BadInput, HandlerError, Unavailable
+from handler.reader import Reader
+
+log = logging.getLogger("handler")
+
+ENDPOINTS = {"/retrieve", "/tools/web_search", "/tools/browse_webpage", "/health", "/metrics"}
+
+
+# ----------------------------------------------------------------------------- request models
+class RetrieveRequest(BaseModel):
+    """Search-R1 protocol plus the common variants (``query``, ``top_k``, ``k``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    queries: list[StrictStr] | None = None
+    query: StrictStr | None = None
+    topk: StrictInt | None = None
+    top_k: StrictInt | None = None
+    k: StrictInt | None = None
+    return_scores: StrictBool = False
+
+
+class WebSearchRequest(BaseModel):
+    """The paper's ``web_search`` tool: a list of queries (a single string is accepted too)."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: list[StrictStr] | StrictStr
+
+
+class BrowseRequest(BaseModel):
+    """The paper's ``browse_webpage`` tool."""
+
+    model_config = ConfigDict(extra="ignore")
+    url_list: list[StrictStr]
+    question: StrictStr = ""
+
+
+# ----------------------------------------------------------------------------- metrics
+class Metrics:
+    """Prometheus metrics in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("handler_requests_total", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram(
+            "handler_request_latency_seconds", "Request latency", ["endpoint"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.errors = Counter("handler_errors_total", "Errors by kind", ["endpoint", "kind"], registry=self.registry)
+        self.queries = Counter("handler_queries_total", "Queries answered", ["endpoint"], registry=self.registry)
+        self.cache_hits = Counter("handler_cache_hits_total", "Cache hits", ["backend"], registry=self.registry)
+        self.cache_misses = Counter("handler_cache_misses_total", "Cache misses", ["backend"], registry=self.registry)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``("body", "queries", 2)`` -> ``queries[2]``."""
+    out = ""
+    for part in loc:
+        if part == "body" and not out:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[str]", "function-after", "union"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _describe(errs: Any) -> str:
+    """One readable line naming each bad field and the value it had."""
+    parts = []
+    for e in list(errs)[:5]:
+        field = _field(e.get("loc", ()))
+        if e.get("type") == "missing":
+            parts.append(f"field '{field}' is required")
+        else:
+            got = json.dumps(e.get("input"), default=str)
+            got = got if len(got) <= 80 else got[:77] + "..."
+            parts.append(f"field '{field}': {e.get('msg')} (got {got})")
+    return "; ".join(parts)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON body whatever its content type: 400 for malformed JSON, 422 naming bad fields."""
+    raw = await request.body()
+    if not raw.strip():
+        raise HandlerError("empty request body: send a JSON object", status=400, kind="bad_json")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HandlerError(f"malformed JSON body: {e}", status=400, kind="bad_json") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"the body must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise BadInput(_describe(e.errors())) from None
+
+
+def _error(status: int, kind: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers={"x-error-kind": kind})
+
+
+# ----------------------------------------------------------------------------- the app
+class State:
+    """Everything the routes share: config, backend, cache, HTTP client, executor, metrics."""
+
+    def __init__(self, cfg: HandlerConfig, retriever: Any, metrics: Metrics):
+        self.cfg = cfg
+        self.retriever = retriever
+        self.metrics = metrics
+        self.started = time.time()
+        self.cache: Cache | None = None
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
+        self.http: httpx.AsyncClient | None = None
+        self.web: WebSearch | None = None
+        self.reader: Reader | None = None
+
+
+def default_cache_path(cfg: HandlerConfig) -> str:
+    """Where the cache lives when the config does not say."""
+    if cfg.cache.path:
+        return cfg.cache.path
+    if cfg.index_dir:
+        return str(Path(cfg.index_dir) / "cache.sqlite")
+    return "handler_cache.sqlite"
+
+
+def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
+    """Build the app. ``retriever`` is a loaded backend (or None for web-only service)."""
+    metrics = Metrics()
+    st = State(cfg, retriever, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if cfg.cache.enabled:
+            st.cache = Cache(default_cache_path(cfg), cfg.cache.ttl_s)
+        st.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16), trust_env=False
+        )
+        st.web = WebSearch(cfg.web, st.http)
+        st.reader = Reader(cfg.reader, st.http)
+        log.info("handler ready: backend=%s docs=%s", cfg.backend, len(retriever) if retriever else 0)
+        yield
+        await st.http.aclose()
+        st.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="IGPO search handler", version="0.1.0", lifespan=lifespan)
+    app.state.handler = st
+
+    # -- error handling: every failure is explicit and names what went wrong
+    @app.exception_handler(RequestValidationError)
+    async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "bad_input", _describe(exc.errors()))
+
+    @app.exception_handler(HandlerError)
+    async def _on_handler_error(request: Request, exc: HandlerError) -> JSONResponse:
+        return _error(exc.status, exc.kind, exc.message)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next: Any) -> Response:
+        path = request.url.path if request.url.path in ENDPOINTS else "other"
+        t0 = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cfg.limits.max_body_bytes):
+            resp: Response = _error(413, "too_large", f"request body of {length} bytes exceeds the limit of "
+                                    f"{cfg.limits.max_body_bytes} bytes")
+        else:
+            try:
+                resp = await call_next(request)
+            except Exception:  # a bug: answer 500 and keep serving
+                log.exception("unhandled error on %s", path)
+                resp = _error(500, "internal", "internal error")
+        metrics.requests.labels(path, str(resp.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - t0)
+        if resp.status_code >= 400:
+            kind = resp.headers.get("x-error-kind") or ("client_error" if resp.status_code < 500 else "server_error")
+            metrics.errors.labels(path, kind).inc()
+        return resp
+
+    # -- helpers
+    async def run_backend(fn: Any, *args: Any) -> Any:
+        """Run a blocking backend call with the retrieve timeout; a timeout is a 504, a crash a 502."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(st.executor, fn, *args)
+        try:
+            return await asyncio.wait_for(fut, cfg.retrieve_timeout_s)
+        except TimeoutError:
+            raise BackendTimeout(f"{cfg.backend} backend did not answer within {cfg.retrieve_timeout_s:g}s") from None
+        except HandlerError:
+            raise
+        except Exception as e:
+            log.exception("backend %s failed", cfg.backend)
+            raise BackendFailure(f"{cfg.backend} backend failed: {type(e).__name__}: {e}"[:300]) from None
+
+    def cache_get(keys: list[str], ttl: float | None = None) -> dict[str, str]:
+        if st.cache is None:
+            return {}
+        try:
+            return st.cache.get_many(keys, ttl)
+        except Exception as e:  # the cache only speeds things up: count, log, carry on without it
+            st.cache.errors += 1
+            metrics.errors.labels("cache", "cache_error").inc()
+            log.warning("cache read failed: %s", e)
+            return {}
+
+    def cache_put(items: dict[str, str]) -> None:
+        if st.cache is None:
+            return
+        try:
+            st.cache.put_many(items)
+        except Exception as e:
+            st.cache.errors += 1
+            metrics.errors.labels("cache", "cache_error").inc()
+            log.warning("cache write failed: %s", e)
+
+    def check_queries(queries: list[str], field: str, limit: int) -> None:
+        lim = cfg.limits
+        if not queries:
+            raise BadInput(f"field '{field}' is empty: give at least one query")
+        if len(queries) > limit:
+            raise BadInput(f"field '{field}' has {len(queries)} queries; at most {limit} per request")
+        for i, q in enumerate(queries):
+            f = f"{field}[{i}]" if field != "query" else field
+            if not q.strip():
+                raise BadInput(f"field '{f}' is an empty query")
+            if len(q) > lim.max_query_chars:
+                raise BadInput(f"field '{f}' is {len(q)} characters long; at most {lim.max_query_chars}")
+
+    # -- routes
+    @app.post("/retrieve")
+    async def retrieve(request: Request) -> Response:
+        """Search-R1 ``/retrieve``: ranked passages per query, in order."""
+        req = await parse_body(request, RetrieveRequest)
+        lim = cfg.limits
+        if req.queries is not None and req.query is not None:
+            raise BadInput("give either field 'queries' (a list) or field 'query' (a string), not both")
+        if req.queries is None and req.query is None:
+            raise BadInput("field 'queries' is required (a list of strings; or 'query' with one string)")
+        field = "queries" if req.queries is not None else "query"
+        queries = req.queries if req.queries is not None else [req.query or ""]
+        check_queries(queries, field, lim.max_queries)
+        given = [(n, v) for n, v in (("topk", req.topk), ("top_k", req.top_k), ("k", req.k)) if v is not None]
+        if len({v for _, v in given}) > 1:
+            raise BadInput(f"fields {', '.join(n for n, _ in given)} disagree: give one of them")
+        name, topk = given[0] if given else ("topk", lim.default_topk)
+        if not 1 <= topk <= lim.max_topk:
+            raise BadInput(f"field '{name}' is {topk}; it must be between 1 and {lim.max_topk}")
+        if st.retriever is None:
+            raise Unavailable("no local retrieval backend is configured (backend: none)")
+
+        backend = cfg.backend
+        tag = getattr(st.retriever, "cache_tag", backend)
+        keys = [cache_key(tag, q, topk) for q in queries]
+        found = cache_get(keys)
+        missing: dict[str, str] = {}
+        for q, key in zip(queries, keys, strict=True):
+            if key not in found and key not in missing:
+                missing[key] = q
+        metrics.cache_hits.labels(backend).inc(len(queries) - sum(1 for k in keys if k not in found))
+        metrics.cache_misses.labels(backend).inc(sum(1 for k in keys if k not in found))
+        if missing:
+            miss_keys = list(missing)
+            results = await run_backend(st.retriever.search, [normalize_query(missing[k]) for k in miss_keys], topk)
+            fresh = {k: json.dumps(hits, ensure_ascii=False) for k, hits in zip(miss_keys, results, strict=True)}
+            found.update(fresh)
+            await asyncio.get_running_loop().run_in_executor(st.executor, cache_put, fresh)
+        metrics.queries.labels("/retrieve").inc(len(queries))
+        if req.return_scores:
+            body = '{"result":[' + ",".join(found[k] for k in keys) + "]}"
+        else:
+            body = json.dumps(
+                {"result": [[h["document"] for h in json.loads(found[k])] for k in keys]}, ensure_ascii=False
+            )
+        return Response(body, media_type="application/json")
+
+    @app.post("/tools/web_search")
+    async def web_search(request: Request) -> dict[str, Any]:
+        """The ``web_search`` tool: the first N queries are searched; the reply says if some were not."""
+        req = await parse_body(request, WebSearchRequest)
+        if not cfg.web_enabled or st.web is None:
+            raise Unavailable("web search is disabled in this handler's config (web_enabled: false)")
+        lim = cfg.limits
+        queries = [req.query] if isinstance(req.query, str) else list(req.query)
+        check_queries(queries, "query", lim.max_web_query_list)
+        used = queries[: lim.max_web_queries]
+        note = ""
+        if len(queries) > len(used):
+            note = f"(Only the first {len(used)} of {len(queries)} queries were searched.)"
+        num = cfg.web.results_per_query
+        backend = f"web:{cfg.web.engine}"
+        keys = [cache_key(backend, q, num) for q in used]
+        found = cache_get(keys, cfg.cache.web_ttl_s)
+        metrics.cache_hits.labels(backend).inc(sum(1 for k in keys if k in found))
+        metrics.cache_misses.labels(backend).inc(sum(1 for k in keys if k not in found))
+        todo = [(k, q) for k, q in zip(keys, used, strict=True) if k not in found]
+        if todo:
+            hits = await asyncio.gather(*(st.web.search(q, num) for _, q in todo), return_exceptions=True)
+            for h in hits:
+                if isinstance(h, BaseException):
+                    raise h
+            fresh = {k: json.dumps(h) for (k, _), h in zip(todo, hits, strict=True)}
+            found.update(fresh)
+            cache_put(fresh)
+        results = [(q, json.loads(found[k])) for q, k in zip(used, keys, strict=True)]
+        metrics.queries.labels("/tools/web_search").inc(len(used))
+        return {"result": format_web_results(results, note), "hits": [h for _, h in results], "queries": used}
+
+    @app.post("/tools/browse_webpage")
+    async def browse_webpage(request: Request) -> dict[str, Any]:
+        """The ``browse_webpage`` tool: what each page says about the question."""
+        req = await parse_body(request, BrowseRequest)
+        if not cfg.web_enabled or st.reader is None:
+            raise Unavailable("page reading is disabled in this handler's config (web_enabled: false)")
+        lim = cfg.limits
+        if not req.url_list:
+            raise BadInput("field 'url_list' is empty: give at least one URL")
+        if len(req.url_list) > lim.max_urls:
+            raise BadInput(f"field 'url_list' has {len(req.url_list)} URLs; at most {lim.max_urls} per request")
+        for i, u in enumerate(req.url_list):
+            if not u.strip():
+                raise BadInput(f"field 'url_list[{i}]' is empty")
+            if len(u) > lim.max_url_chars:
+                raise BadInput(f"field 'url_list[{i}]' is {len(u)} characters long; at most {lim.max_url_chars}")
+        if len(req.question) > lim.max_question_chars:
+            raise BadInput(f"field 'question' is {len(req.question)} characters long; at most {lim.max_question_chars}")
+        pages = await st.reader.read([u.strip() for u in req.url_list], req.question)
+        if not any(p.ok for p in pages):
+            raise BackendFailure("no page could be read: " + "; ".join(f"{p.url[:100]}: {p.error}" for p in pages))
+        metrics.queries.labels("/tools/browse_webpage").inc(len(pages))
+        return {
+            "result": "\n\n".join(p.render() for p in pages),
+            "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": p.error} for p in pages],
+        }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness plus facts: backend, corpus size, index age, cache stats, web configuration."""
+        info: dict[str, Any] = {"status": "ok", "backend": cfg.backend, "corpus_size": 0, "pid": os.getpid()}
+        if st.retriever is not None:
+            info.update(st.retriever.info())
+        info["uptime_s"] = round(time.time() - st.started, 1)
+        info["cache"] = st.cache.stats() if st.cache else {"enabled": False}
+        info["web"] = {
+            "enabled": cfg.web_enabled,
+            "engine": cfg.web.engine,
+            "configured": bool(st.web and st.web.configured()),
+            "reader_llm": bool(cfg.reader.llm.base_url),
+        }
+        return info
+
+    @app.get("/metrics")
+    async def prom() -> Response:
+        """Prometheus text exposition of this process's metrics."""
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: config JSON in HANDLER_CONFIG_JSON (set by ``python -m handler serve``)."""
+    from handler.backends import load_retriever
+
+    raw = os.environ.get("HANDLER_CONFIG_JSON")
+    cfg = load_config(None, _flatten(json.loads(raw))) if raw else load_config()
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(cfg, load_retriever(cfg))
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
