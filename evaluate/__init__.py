@@ -1,1 +1,1 @@
-"""Evaluation: rollout records (rollout_io), per-dataset scores (calculate_metrics), LLM judge (judge)."""
+"""Evaluation: per-dataset scores (calculate_metrics) and the LLM judge (judge); rollout records are igpo.rollout_io."""

@@ -42,8 +42,8 @@ if str(_ROOT) not in sys.path:  # run as a script: make `igpo` and `evaluate` im
     sys.path.insert(0, str(_ROOT))
 
 from evaluate.judge import JudgeError, LLMJudge  # noqa: E402
-from evaluate.rollout_io import RolloutError, latest_rollout, read_rollouts  # noqa: E402
 from igpo.answer import check_format, cover_exact_match, exact_match, extract_answer, f1_score  # noqa: E402
+from igpo.rollout_io import RolloutError, latest_rollout, read_rollouts  # noqa: E402
 
 EVALUATE_DIR = Path(__file__).resolve().parent
 

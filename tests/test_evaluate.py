@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # `evaluate/` is a folder of the checkout, not an
 
 from evaluate import calculate_metrics as cm  # noqa: E402
 from evaluate.judge import JudgeError, LLMJudge, chat_completions_url, parse_verdict  # noqa: E402
-from evaluate.rollout_io import (  # noqa: E402
+from igpo.rollout_io import (  # noqa: E402
     RolloutError,
     latest_rollout,
     make_record,

@@ -16,10 +16,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from igpo.advantage import compute_igpo_advantage
-
-IGPO_DEFAULTS: dict[str, Any] = {"reward_mode": "f1+ig", "norm": "separate", "epsilon": 1e-6}
-# Keys of ``algorithm.igpo`` read elsewhere (reward and information-gain steps), accepted here.
-IGPO_OTHER_KEYS = ("ig_source", "ig_basis", "format_penalty", "answer_template")
+from igpo.verl.config import IGPO_CHOICES, IGPO_DEFAULTS
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -44,10 +41,13 @@ def igpo_settings(config: Any) -> dict[str, Any]:
             "(actor_rollout_ref.actor.use_kl_loss=True, kl_loss_coef=0.001 as in the paper) instead."
         )
     sub = _get(config, "igpo", None)
-    unknown = set(dict(sub).keys()) - set(IGPO_DEFAULTS) - set(IGPO_OTHER_KEYS) if sub is not None else set()
+    unknown = set(dict(sub).keys()) - set(IGPO_DEFAULTS) if sub is not None else set()
     if unknown:
-        raise ValueError(f"algorithm.igpo has unknown keys {sorted(unknown)}")
+        raise ValueError(f"algorithm.igpo has unknown keys {sorted(unknown)}; known: {sorted(IGPO_DEFAULTS)}")
     settings = {k: _get(sub, k, v) for k, v in IGPO_DEFAULTS.items()}
+    for key, choices in IGPO_CHOICES.items():
+        if settings[key] not in choices:
+            raise ValueError(f"algorithm.igpo.{key} must be one of {choices}, got {settings[key]!r}")
     settings["gamma"] = float(_get(config, "gamma", 1.0))
     settings["norm_by_std"] = bool(_get(config, "norm_adv_by_std_in_grpo", True))
     return settings

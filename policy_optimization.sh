@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# IGPO training entry point.
+#
+#   bash policy_optimization.sh                 # embedded default on this machine (CPU) unless GPUs are found
+#   bash policy_optimization.sh [overrides...]  # on a GPU node: verl trainer, paper's Table 4 setting
+#   bash policy_optimization.sh --dry-run [overrides...]   # print the composed hydra config and exit
+#
+# Engine: IGPO_ENGINE=verl | local (default: verl when `nvidia-smi -L` lists a GPU, else local).
+# Cluster path environment: IGPO_MODEL_PATH, IGPO_TRAIN_FILES, IGPO_VAL_FILES, IGPO_EXPERIMENT,
+# HANDLER_URL (a running search handler; when unset one is started from IGPO_CORPUS or IGPO_INDEX).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+
+ensure_installed() {
+  if ! "$PY" -c "import igpo, verl, handler" >/dev/null 2>&1; then
+    echo "[igpo] installing the project (bash scripts/install.sh) ..."
+    bash scripts/install.sh
+  fi
+}
+
+if [[ "${1:-}" == "--dry-run" ]]; then
+  shift
+  ensure_installed
+  exec "$PY" -m igpo.verl.main --cfg job --resolve "$@"
+fi
+
+engine="${IGPO_ENGINE:-}"
+if [[ -z "$engine" ]]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then engine=verl; else engine=local; fi
+fi
+
+case "$engine" in
+  local)
+    echo "[igpo] running the embedded default (CPU, single process); for the cluster path use IGPO_ENGINE=verl on a GPU node"
+    ensure_installed
+    # The embedded-default training run is being built (issue 7); until then this shows the core at work.
+    exec "$PY" -m igpo.demo "$@"
+    ;;
+  verl)
+    echo "[igpo] running the verl cluster path (paper's Table 4 setting); overrides: $*"
+    ensure_installed
+    handler_pid=""
+    if [[ -z "${HANDLER_URL:-}" ]]; then
+      port="${HANDLER_PORT:-8765}"
+      if [[ -n "${IGPO_INDEX:-}" ]]; then src=(--index "$IGPO_INDEX"); elif [[ -n "${IGPO_CORPUS:-}" ]]; then src=(--corpus "$IGPO_CORPUS");
+      else echo "[igpo] set HANDLER_URL, or IGPO_CORPUS / IGPO_INDEX so a local handler can be started" >&2; exit 2; fi
+      mkdir -p outputs
+      "$PY" -m handler serve "${src[@]}" --port "$port" >outputs/handler.log 2>&1 &
+      handler_pid=$!
+      trap '[[ -n "$handler_pid" ]] && kill "$handler_pid" 2>/dev/null || true' EXIT
+      export HANDLER_URL="http://127.0.0.1:$port"
+      echo "[igpo] started a local handler (pid $handler_pid, log outputs/handler.log); waiting for $HANDLER_URL/health"
+      "$PY" - "$HANDLER_URL" <<'PYEOF'
+import sys, time, httpx
+url, deadline = sys.argv[1] + "/health", time.time() + 600
+while time.time() < deadline:
+    try:
+        if httpx.get(url, timeout=2).status_code == 200:
+            sys.exit(0)
+    except httpx.HTTPError:
+        pass
+    time.sleep(1)
+sys.exit(f"handler did not answer {url} within 600 s: see outputs/handler.log")
+PYEOF
+    fi
+    "$PY" -m igpo.verl.main "$@"
+    ;;
+  *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;
+esac
