@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from igpo.turns import segment_index, turn_index
+from igpo.turns import turn_structure
 
 REWARD_MODES = ("f1+ig", "f1", "ig")
 NORM_MODES = ("separate", "joint")
@@ -52,12 +52,14 @@ class TurnRewards:
         n_turns: ``(bs,)`` number of model turns (runs) per row; may be 0.
         is_ig: ``(bs, T_max)`` bool, True on the non-final turns of each row (the IG rewards).
         is_outcome: ``(bs, T_max)`` bool, True on the outcome slot (turn ``max(n_turns, 1) - 1``).
+        run_id: ``(bs, L)`` long turn index of each token, -1 on mask-0 tokens.
     """
 
     rewards: torch.Tensor
     n_turns: torch.Tensor
     is_ig: torch.Tensor
     is_outcome: torch.Tensor
+    run_id: torch.Tensor
 
     @property
     def outcome(self) -> torch.Tensor:
@@ -78,14 +80,16 @@ def decode_turn_rewards(token_level_rewards: torch.Tensor, response_mask: torch.
             f"{tuple(token_level_rewards.shape)} and {tuple(response_mask.shape)}"
         )
     bs = token_level_rewards.shape[0]
-    _, n_turns = turn_index(response_mask)
-    seg = segment_index(response_mask)
+    run_id, seg, n_turns = turn_structure(response_mask)
     t_max = max(int(n_turns.max().item()) if bs else 1, 1)
-    rewards = torch.zeros(bs, t_max, dtype=torch.float64, device=token_level_rewards.device)
-    rewards.scatter_add_(1, seg, token_level_rewards.to(torch.float64))
+    # Scatter in the input dtype (a segment usually holds one nonzero value), then widen the small result.
+    rewards = torch.zeros(bs, t_max, dtype=token_level_rewards.dtype, device=token_level_rewards.device)
+    rewards = rewards.scatter_add_(1, seg, token_level_rewards).to(torch.float64)
     slots = torch.arange(t_max, device=token_level_rewards.device).unsqueeze(0)
     last = (n_turns.clamp(min=1) - 1).unsqueeze(1)
-    return TurnRewards(rewards=rewards, n_turns=n_turns, is_ig=slots < last, is_outcome=slots == last)
+    return TurnRewards(
+        rewards=rewards, n_turns=n_turns, is_ig=slots < last, is_outcome=slots == last, run_id=run_id
+    )
 
 
 def _group_ids(index: np.ndarray | list | torch.Tensor, bs: int) -> tuple[torch.Tensor, int]:
@@ -176,8 +180,8 @@ def compute_igpo_advantage(
         epsilon: added to the std, as in verl's GRPO.
         norm_by_std: divide by the std (False = mean-centering only, as Dr.GRPO).
     Returns:
-        ``(advantages, returns)``, both ``(bs, L)`` in the dtype of ``token_level_rewards``; identical,
-        as for GRPO.
+        ``(advantages, returns)``, both ``(bs, L)`` in the dtype of ``token_level_rewards``; the same
+        tensor, as verl's GRPO returns.
     """
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"igpo.reward_mode must be one of {REWARD_MODES}, got {reward_mode!r}")
@@ -201,7 +205,7 @@ def compute_igpo_advantage(
     else:
         normed = group_zscore(r, turns.is_ig | turns.is_outcome, group, n_groups, epsilon, norm_by_std)
     returns_per_turn = discounted_turn_returns(normed, float(gamma))
-    run_id, _ = turn_index(response_mask)
+    run_id = turns.run_id
     adv = torch.gather(returns_per_turn, 1, run_id.clamp(min=0))
-    adv = torch.where(run_id >= 0, adv, torch.zeros_like(adv)).to(token_level_rewards.dtype)
-    return adv, adv.clone()
+    adv = adv.masked_fill_(run_id < 0, 0.0).to(token_level_rewards.dtype)
+    return adv, adv  # verl's GRPO also returns one tensor as both

@@ -35,19 +35,33 @@ def run_starts_ends(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return mask & ~prev, mask & ~nxt
 
 
-def turn_index(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn (run) index of every token and the number of turns per row.
+def turn_structure(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run index, segment index and turn count in one pass (one cumulative sum).
 
     Args:
         response_mask: ``(bs, L)``.
     Returns:
-        ``run_id``: ``(bs, L)`` long, the 0-based index of the run a model token belongs to, and -1 on
-        mask-0 tokens; ``n_turns``: ``(bs,)`` long, the number of runs.
+        ``run_id``: ``(bs, L)`` long, the 0-based run a model token belongs to, -1 on mask-0 tokens;
+        ``segment``: ``(bs, L)`` long, run t plus the environment tokens after it (positions before the
+        first run are segment 0); ``n_turns``: ``(bs,)`` long, the number of runs.
     """
     starts, _ = run_starts_ends(response_mask)
-    seg = torch.cumsum(starts.long(), dim=-1) - 1
+    # float32 cumsum is exact for counts below 2**24 and several times faster than int64 on CPU
+    seg = torch.cumsum(starts.to(torch.float32), dim=-1).long() - 1
     run_id = torch.where(response_mask.bool(), seg, torch.full_like(seg, -1))
-    return run_id, starts.long().sum(dim=-1)
+    return run_id, seg.clamp(min=0), starts.sum(dim=-1)
+
+
+def turn_index(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn (run) index of every token (-1 on mask-0 tokens) and the number of turns per row.
+
+    Args:
+        response_mask: ``(bs, L)``.
+    Returns:
+        ``(run_id (bs, L) long, n_turns (bs,) long)``; see :func:`turn_structure`.
+    """
+    run_id, _, n_turns = turn_structure(response_mask)
+    return run_id, n_turns
 
 
 def segment_index(response_mask: torch.Tensor) -> torch.Tensor:
@@ -57,8 +71,7 @@ def segment_index(response_mask: torch.Tensor) -> torch.Tensor:
     ``[0, max(n_turns, 1) - 1]``. Used to collect rewards robustly (a reward anywhere in segment t
     belongs to turn t).
     """
-    starts, _ = run_starts_ends(response_mask)
-    return (torch.cumsum(starts.long(), dim=-1) - 1).clamp(min=0)
+    return turn_structure(response_mask)[1]
 
 
 def turn_spans(response_mask: Sequence[int] | torch.Tensor) -> list[tuple[int, int]]:
