@@ -246,14 +246,14 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             metrics.errors.labels("cache", "cache_error").inc()
             log.warning("cache write failed: %s", e)
 
-    def check_queries(queries: list[str], field: str, limit: int) -> None:
+    def check_queries(queries: list[str], field: str, limit: int, indexed: bool = True) -> None:
         lim = cfg.limits
         if not queries:
             raise BadInput(f"field '{field}' is empty: give at least one query")
         if len(queries) > limit:
             raise BadInput(f"field '{field}' has {len(queries)} queries; at most {limit} per request")
         for i, q in enumerate(queries):
-            f = f"{field}[{i}]" if field != "query" else field
+            f = f"{field}[{i}]" if indexed else field
             if not q.strip():
                 raise BadInput(f"field '{f}' is an empty query")
             if len(q) > lim.max_query_chars:
@@ -271,7 +271,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             raise BadInput("field 'queries' is required (a list of strings; or 'query' with one string)")
         field = "queries" if req.queries is not None else "query"
         queries = req.queries if req.queries is not None else [req.query or ""]
-        check_queries(queries, field, lim.max_queries)
+        check_queries(queries, field, lim.max_queries, indexed=req.queries is not None)
         given = [(n, v) for n, v in (("topk", req.topk), ("top_k", req.top_k), ("k", req.k)) if v is not None]
         if len({v for _, v in given}) > 1:
             raise BadInput(f"fields {', '.join(n for n, _ in given)} disagree: give one of them")
@@ -314,7 +314,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             raise Unavailable("web search is disabled in this handler's config (web_enabled: false)")
         lim = cfg.limits
         queries = [req.query] if isinstance(req.query, str) else list(req.query)
-        check_queries(queries, "query", lim.max_web_query_list)
+        check_queries(queries, "query", lim.max_web_query_list, indexed=not isinstance(req.query, str))
         used = queries[: lim.max_web_queries]
         note = ""
         if len(queries) > len(used):

@@ -40,7 +40,7 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[str, str]]:
                 contents = row["contents"]
             elif "text" in row:
                 title = row.get("title") or ""
-                contents = f"{title}\n{row['text']}" if title else row["text"]
+                contents = f"\"{title}\"\n{row['text']}" if title else row["text"]
             else:
                 raise CorpusError(f"{path}:{lineno}: missing field 'contents' (or 'title' + 'text')")
             if not isinstance(contents, str):
