@@ -1,0 +1,234 @@
+"""A synthetic multi-hop search task, generated deterministically from a seed.
+
+A knowledge base of fictional people, companies, cities and countries is written as one passage per
+entity (the corpus the handler's BM25 backend serves). Questions need 1–3 searches:
+
+=====  =====================================================  ==========================
+hops   question                                               search path
+=====  =====================================================  ==========================
+1      where was P born?                                      P
+1      which company does P work for?                         P
+2      in which country was P born?                           P → city
+2      in which city is the company of P based?               P → company
+3      in which country is the company of P based?            P → company → city
+=====  =====================================================  ==========================
+
+Every name is made up, so the policy cannot know an answer without searching; the gold answer is
+always written in the last passage of the path. A scripted *teacher* plans demonstration turns for
+the warm-up: it always searches the question's entity first, then follows the right entity only with
+probability ``p_follow`` (else a distractor of the same kind), and answers right only with
+probability ``p_answer`` (else a same-kind distractor). The warmed policy thus knows the turn format
+and the search habit but not which entity to follow or answer, which RL must learn.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from igpo.prompts import format_tool_call
+
+SYSTEM_PROMPT = (
+    "answer the question. you may search the corpus first. each turn is <think> ... </think> then either "
+    '<tool_call> {"name": "search", "arguments": {"query": ["..."]}} </tool_call> or <answer> ... </answer>.'
+)
+DATA_SOURCE = "synthetic_multihop"
+_CONS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+
+
+@dataclass
+class Question:
+    """One question with its gold answer and the entities to search, in order."""
+
+    qid: str
+    question: str
+    answer: str
+    hops: int
+    path: list[str]
+    kind: str  # the entity kind of the answer: city, company or country
+
+
+@dataclass
+class Task:
+    """The knowledge base (as passages) and the questions."""
+
+    seed: int
+    passages: list[dict[str, str]]
+    questions: list[Question]
+    entities: dict[str, list[str]] = field(default_factory=dict)
+
+    def split(self, test_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
+        """Deterministic train/test split by person (a test person never appears in training)."""
+        people = sorted({q.path[0] for q in self.questions})
+        rng = random.Random(self.seed + 1)
+        rng.shuffle(people)
+        n_test = max(1, round(len(people) * test_fraction))
+        test_people = set(people[:n_test])
+        train = [q for q in self.questions if q.path[0] not in test_people]
+        test = [q for q in self.questions if q.path[0] in test_people]
+        return train, test
+
+
+def _names(rng: random.Random, n: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
+    out = []
+    while len(out) < n:
+        k = rng.randint(*syllables)
+        name = "".join(rng.choice(_CONS) + rng.choice(_VOWELS) for _ in range(k)) + rng.choice(
+            ["", "n", "r", "l"]
+        )
+        if name not in taken:
+            taken.add(name)
+            out.append(name)
+    return out
+
+
+def make_task(
+    seed: int = 0,
+    n_people: int = 60,
+    n_companies: int = 16,
+    n_cities: int = 12,
+    n_countries: int = 5,
+    hops: tuple[int, ...] = (1, 2, 3),
+) -> Task:
+    """Generate a task; the same arguments always give the same task."""
+    if min(n_people, n_companies, n_cities, n_countries) < 2:
+        raise ValueError("every entity kind needs at least 2 entities (distractors are drawn from them)")
+    if not set(hops) <= {1, 2, 3}:
+        raise ValueError(f"hops must be a subset of (1, 2, 3), got {hops}")
+    rng = random.Random(seed)
+    taken: set[str] = set()
+    countries = _names(rng, n_countries, (2, 3), taken)
+    cities = _names(rng, n_cities, (2, 3), taken)
+    companies = [f"{w} corp" for w in _names(rng, n_companies, (2, 2), taken)]
+    firsts = _names(rng, n_people, (2, 2), taken)
+    lasts = _names(rng, n_people, (2, 3), taken)
+    people = [f"{a} {b}" for a, b in zip(firsts, lasts, strict=True)]
+    country_of = {c: countries[i % n_countries] for i, c in enumerate(cities)}
+    city_of_company = {c: rng.choice(cities) for c in companies}
+    born_in = {p: rng.choice(cities) for p in people}
+    works_for = {p: rng.choice(companies) for p in people}
+
+    passages = []
+    for p in people:
+        text = f"{p} was born in {born_in[p]}. {p} works for {works_for[p]}."
+        passages.append({"title": p, "text": text})
+    for c in companies:
+        passages.append({"title": c, "text": f"{c} is a company based in {city_of_company[c]}."})
+    for c in cities:
+        passages.append({"title": c, "text": f"{c} is a city in {country_of[c]}."})
+    for c in countries:
+        members = ", ".join(x for x in cities if country_of[x] == c) or "no listed city"
+        passages.append({"title": c, "text": f"{c} is a country. its cities: {members}."})
+    passages = [{"id": str(i), "contents": f'"{d["title"]}"\n{d["text"]}'} for i, d in enumerate(passages)]
+
+    questions = []
+    for p in people:
+        org, city = works_for[p], born_in[p]
+        templates = [
+            (1, f"where was {p} born?", city, [p], "city"),
+            (1, f"which company does {p} work for?", org, [p], "company"),
+            (2, f"in which country was {p} born?", country_of[city], [p, city], "country"),
+            (2, f"in which city is the company of {p} based?", city_of_company[org], [p, org], "city"),
+            (
+                3,
+                f"in which country is the company of {p} based?",
+                country_of[city_of_company[org]],
+                [p, org, city_of_company[org]],
+                "country",
+            ),
+        ]
+        for h, q, a, path, kind in templates:
+            if h in hops:
+                questions.append(Question(f"q{len(questions)}", q, a, h, path, kind))
+    entities = {"person": people, "company": companies, "city": cities, "country": countries}
+    return Task(seed=seed, passages=passages, questions=questions, entities=entities)
+
+
+def _kind_of(entity: str, entities: dict[str, list[str]]) -> str:
+    for kind, names in entities.items():
+        if entity in names:
+            return kind
+    raise KeyError(entity)
+
+
+def teacher_turns(
+    q: Question,
+    entities: dict[str, list[str]],
+    rng: random.Random,
+    p_follow: float = 0.5,
+    p_answer: float = 0.3,
+) -> list[str]:
+    """Planned model turns (text) of one demonstration; tool responses come from the real handler."""
+    turns = []
+    for k, entity in enumerate(q.path):
+        if k > 0 and rng.random() >= p_follow:
+            kind = _kind_of(entity, entities)
+            entity = rng.choice([e for e in entities[kind] if e != entity])
+        turns.append(f"<think>search {entity}</think>\n" + format_tool_call("search", {"query": [entity]}))
+    answer = q.answer
+    if rng.random() >= p_answer:
+        answer = rng.choice([e for e in entities[q.kind] if e != q.answer])
+    turns.append(f"<think>the answer is {answer}</think>\n<answer>{answer}</answer>")
+    return turns
+
+
+def verl_row(q: Question, split: str, index: int) -> dict[str, Any]:
+    """One row in verl's dataset format (see scripts/prepare_data.py for the general case)."""
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": q.question}],
+        "ability": "multihop_qa",
+        "reward_model": {"style": "rule", "ground_truth": [q.answer]},
+        "extra_info": {
+            "index": index,
+            "split": split,
+            "id": q.qid,
+            "question": q.question,
+            "hops": q.hops,
+            "path": list(q.path),
+            "kind": q.kind,
+        },
+        "agent_name": "igpo_search",
+    }
+
+
+def write_task(task: Task, out_dir: str | Path, test_fraction: float = 0.2) -> dict[str, Path]:
+    """Write ``corpus.jsonl``, ``train.parquet``, ``test.parquet`` and ``task.json`` under ``out_dir``."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "corpus": out / "corpus.jsonl",
+        "train": out / "train.parquet",
+        "test": out / "test.parquet",
+        "task": out / "task.json",
+    }
+    with open(paths["corpus"], "w") as f:
+        for d in task.passages:
+            f.write(json.dumps(d) + "\n")
+    train, test = task.split(test_fraction)
+    for name, qs in (("train", train), ("test", test)):
+        pd.DataFrame([verl_row(q, name, i) for i, q in enumerate(qs)]).to_parquet(paths[name], index=False)
+    meta = {"seed": task.seed, "entities": task.entities, "questions": [asdict(q) for q in task.questions]}
+    paths["task"].write_text(json.dumps(meta, indent=1))
+    return paths
+
+
+def load_task(path: str | Path) -> Task:
+    """Read back a task written by :func:`write_task` (its folder or its task.json)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "task.json"
+    meta = json.loads(path.read_text())
+    passages = [json.loads(line) for line in open(path.parent / "corpus.jsonl")]
+    return Task(
+        seed=meta["seed"],
+        passages=passages,
+        questions=[Question(**q) for q in meta["questions"]],
+        entities=meta["entities"],
+    )

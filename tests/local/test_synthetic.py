@@ -1,0 +1,91 @@
+"""Synthetic multi-hop task and the word-level tiny policy: determinism, answerability, round trips."""
+
+import random
+
+import pandas as pd
+import pytest
+
+from igpo.answer import check_format, extract_answer
+from igpo.local.synthetic import SYSTEM_PROMPT, load_task, make_task, teacher_turns, write_task
+from igpo.local.tiny_policy import TAGS, build_policy, build_tokenizer, load_policy, save_policy, word_pieces
+from igpo.prompts import parse_tool_call
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task(seed=3, n_people=20, n_companies=6, n_cities=5, n_countries=3)
+
+
+def test_same_seed_same_task_other_seed_other_task(task):
+    again = make_task(seed=3, n_people=20, n_companies=6, n_cities=5, n_countries=3)
+    assert again.passages == task.passages and again.questions == task.questions
+    assert make_task(seed=4, n_people=20, n_companies=6, n_cities=5, n_countries=3).passages != task.passages
+
+
+def test_every_answer_is_written_in_the_passage_of_the_last_hop(task):
+    by_title = {p["contents"].split("\n")[0].strip('"'): p["contents"] for p in task.passages}
+    assert len(by_title) == len(task.passages)  # titles are unique, so a search for a name finds it
+    for q in task.questions:
+        assert len(q.path) == q.hops
+        assert q.answer in by_title[q.path[-1]].split("\n", 1)[1]
+        for prev, nxt in zip(q.path, q.path[1:], strict=False):  # each hop's entity is named one hop before
+            assert nxt in by_title[prev]
+    assert {q.hops for q in task.questions} == {1, 2, 3}
+    assert len(task.questions) == 20 * 5
+
+
+def test_split_is_by_person_and_files_round_trip(task, tmp_path):
+    train, test = task.split(0.25)
+    assert not {q.path[0] for q in train} & {q.path[0] for q in test}
+    assert len(train) + len(test) == len(task.questions) and len(test) == 5 * 5
+    paths = write_task(task, tmp_path, test_fraction=0.25)
+    df = pd.read_parquet(paths["train"])
+    assert len(df) == len(train)
+    row = df.iloc[0]
+    assert row["prompt"][0]["content"] == SYSTEM_PROMPT and row["prompt"][1]["content"] == train[0].question
+    assert list(row["reward_model"]["ground_truth"]) == [train[0].answer]
+    assert row["agent_name"] == "igpo_search"
+    back = load_task(tmp_path)
+    assert back.questions == task.questions and back.passages == task.passages
+
+
+def test_teacher_turns_follow_the_grammar_and_the_probabilities(task):
+    q = next(q for q in task.questions if q.hops == 3)
+    perfect = teacher_turns(q, task.entities, random.Random(0), p_follow=1.0, p_answer=1.0)
+    assert len(perfect) == 4
+    queries = [parse_tool_call(t)[1]["query"][0] for t in perfect[:-1]]
+    assert queries == q.path
+    assert extract_answer(perfect[-1]) == q.answer
+    text = "".join(t + "<tool_response>x</tool_response>" for t in perfect[:-1]) + perfect[-1]
+    assert check_format(text) == (True, "ok")
+    rng = random.Random(1)
+    answers = [extract_answer(teacher_turns(q, task.entities, rng, p_answer=0.3)[-1]) for _ in range(400)]
+    share = sum(a == q.answer for a in answers) / len(answers)
+    assert 0.2 < share < 0.4  # binomial(400, 0.3): 5 sd either side
+    assert all(a in task.entities[q.kind] for a in answers)
+
+
+def test_word_tokenizer_round_trips_task_text(task, tmp_path):
+    texts = [p["contents"] for p in task.passages] + [q.question for q in task.questions] + [SYSTEM_PROMPT]
+    turns = teacher_turns(task.questions[0], task.entities, random.Random(0))
+    tok = build_tokenizer(texts + turns)
+    for text in texts[:5] + turns:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+        assert tok.unk_token_id not in ids
+    for tag in TAGS:
+        assert len(tok.encode(tag, add_special_tokens=False)) == 1
+    assert tok.encode(" zzzunseen", add_special_tokens=False) == [tok.unk_token_id]
+    assert word_pieces('{"a": 1}') == ["{", '"', "a", '"', ":", " 1", "}"]
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    model = build_policy(tok, hidden_size=32, layers=1, heads=2)
+    save_policy(model, tok, tmp_path / "policy")
+    model2, tok2 = load_policy(tmp_path / "policy")
+    assert tok2.decode(tok2.encode(turns[0], add_special_tokens=False)) == turns[0]
+    import torch
+
+    ids = torch.tensor([tok.encode(turns[0], add_special_tokens=False)])
+    torch.testing.assert_close(model(ids).logits, model2(ids).logits)
