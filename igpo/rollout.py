@@ -63,7 +63,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from igpo.answer import extract_answer
-from igpo.prompts import TOOL_SCHEMAS, parse_tool_call
+from igpo.prompts import TOOL_SCHEMAS, parse_tool_call, validate_tool_arguments
 
 __all__ = [
     "STOP_STRINGS",
@@ -71,10 +71,12 @@ __all__ = [
     "TOOL_RESPONSE_TAIL",
     "TRUNCATION_MARKER",
     "Episode",
+    "HandlerClientLike",
     "GenerateFn",
     "Generation",
     "ToolFn",
     "TurnRecord",
+    "call_handler_tool",
     "ToolCallRecord",
     "invalid_call_message",
     "run_episode",
@@ -476,6 +478,43 @@ def _drop_trailing_tool_response(
         ep.tool_turn_ends.pop()
         ep.turns[-1].tool_end = None
     return finish(reason, truncated=truncated)
+
+
+class HandlerClientLike(Protocol):
+    """The part of :class:`handler.client.HandlerClient` the tools use (text methods that never raise
+    on a handler failure and return a ``str`` with an ``ok`` flag)."""
+
+    async def search_text(self, queries: list[str], topk: int | None = None) -> str: ...
+
+    async def web_search(self, queries: list[str]) -> str: ...
+
+    async def browse_webpage(self, urls: list[str], question: str) -> str: ...
+
+
+async def call_handler_tool(
+    client: HandlerClientLike, name: str, arguments: Mapping[str, Any], topk: int | None = None
+) -> tuple[str, bool]:
+    """Run one parsed tool call on the search handler: ``(text, is_error)``, never raises on failure.
+
+    ``search`` → ``client.search_text`` (local ``/retrieve``), ``web_search`` → ``client.web_search``,
+    ``browse_webpage`` → ``client.browse_webpage`` (``goal``, or its alias ``question``). Arguments are
+    checked against the tool's schema first (a bad call gives a readable error text). Bind the client
+    (``functools.partial(call_handler_tool, client)``) to get a :data:`ToolFn` for :func:`run_episode`.
+    """
+    try:
+        validate_tool_arguments(name, arguments)
+    except ValueError as e:
+        return f"Invalid arguments: {e}.", True
+    if name == "search":
+        result = await client.search_text(list(arguments["query"]), topk)
+    elif name == "web_search":
+        result = await client.web_search(list(arguments["query"]))
+    elif name == "browse_webpage":
+        goal = arguments.get("goal") or arguments.get("question") or ""
+        result = await client.browse_webpage(list(arguments["url_list"]), goal)
+    else:  # validate_tool_arguments knows only these three
+        raise AssertionError(name)
+    return str(result), not getattr(result, "ok", True)
 
 
 def episode_fields(ep: Episode) -> Mapping[str, Any]:

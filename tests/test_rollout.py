@@ -329,3 +329,55 @@ def test_real_tiny_model_through_a_server_manager(tok):
         assert all(c["max_tokens"] <= 24 for c in server.calls)
     assert max(ep.num_turns for ep in episodes) > 1, [ep.end_reason for ep in episodes]
     json.dumps([ep.records() for ep in episodes])  # records are JSON-serializable
+
+
+class FakeClient:
+    """Duck type of handler.client.HandlerClient's text methods (results carry an ``ok`` flag)."""
+
+    class Result(str):
+        ok = True
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.calls = fail, []
+
+    def _res(self, text: str):
+        r = self.Result(text)
+        r.ok = not self.fail
+        return r
+
+    async def search_text(self, queries, topk=None):
+        self.calls.append(("search", queries, topk))
+        return self._res(f"Doc 1(Title: Paris) {queries[0]}")
+
+    async def web_search(self, queries):
+        self.calls.append(("web_search", queries))
+        return self._res("Web search failed: not configured")
+
+    async def browse_webpage(self, urls, question):
+        self.calls.append(("browse_webpage", urls, question))
+        return self._res("page")
+
+
+def test_call_handler_tool_dispatch_and_errors(tok):
+    import functools
+
+    from igpo.rollout import call_handler_tool
+
+    client = FakeClient()
+    assert asyncio.run(call_handler_tool(client, "search", {"query": ["q"]}, 5)) == (
+        "Doc 1(Title: Paris) q",
+        False,
+    )
+    asyncio.run(call_handler_tool(client, "browse_webpage", {"url_list": ["https://x"], "question": "why"}))
+    asyncio.run(call_handler_tool(client, "web_search", {"query": ["a", "b"]}))
+    assert client.calls == [
+        ("search", ["q"], 5),
+        ("browse_webpage", ["https://x"], "why"),
+        ("web_search", ["a", "b"]),
+    ]
+    text, err = asyncio.run(call_handler_tool(client, "search", {"query": []}))
+    assert err and text == "Invalid arguments: search.query must have at least 1 item(s), got an empty list."
+    assert asyncio.run(call_handler_tool(FakeClient(fail=True), "web_search", {"query": ["a"]}))[1] is True
+    # as the tool executor of an episode
+    ep = run(Scripted(tok, [CALL, ANSWER]), functools.partial(call_handler_tool, client), tok)
+    assert "Doc 1(Title: Paris) capital of france" in ep.response_text and ep.tool_errors == 0

@@ -34,7 +34,8 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
 from handler.client import HandlerClient
-from igpo.prompts import TOOL_SCHEMAS, openai_tool, validate_tool_arguments
+from igpo.prompts import TOOL_SCHEMAS, openai_tool
+from igpo.rollout import call_handler_tool
 
 CONFIG_KEYS = {
     "type",
@@ -135,32 +136,19 @@ class SearchTool(BaseTool):
     ) -> tuple[ToolResponse, float, dict[str, Any]]:
         """Run the call; returns ``(ToolResponse(text), 0.0, metrics)`` and never raises on failure.
 
-        ``metrics``: ``error`` (bool), ``error_reason`` (str), ``latency_s``, ``tool``, and for
-        searches ``num_queries``.
+        ``metrics``: ``error`` (bool), ``error_reason`` (the start of the error text), ``latency_s``,
+        ``tool``, and for searches ``num_queries``. The dispatch is :func:`igpo.rollout.call_handler_tool`,
+        shared with the engine-agnostic loop.
         """
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = {"tool": self.name, "error": False, "error_reason": ""}
-        try:
-            validate_tool_arguments(self.name, parameters)
-        except ValueError as e:
-            metrics.update(error=True, error_reason=f"invalid arguments: {e}", latency_s=0.0)
-            return ToolResponse(text=f"Invalid arguments: {e}."), 0.0, metrics
-        client = self.client()
-        if self.name == "search":
-            queries = list(parameters["query"])
-            metrics["num_queries"] = len(queries)
-            result = await client.search_text(queries, self.topk)
-        elif self.name == "web_search":
-            queries = list(parameters["query"])
-            metrics["num_queries"] = len(queries)
-            result = await client.web_search(queries)
-        else:
-            goal = parameters.get("goal") or parameters.get("question") or ""
-            result = await client.browse_webpage(list(parameters["url_list"]), goal)
+        metrics: dict[str, Any] = {"tool": self.name}
+        if "query" in (parameters or {}) and isinstance(parameters["query"], list):
+            metrics["num_queries"] = len(parameters["query"])
+        # A malformed call gets a text, not a handler request; handler failures come back as text too.
+        text, is_error = await call_handler_tool(self.client(), self.name, parameters, self.topk)
+        metrics.update(error=is_error, error_reason=text[:300] if is_error else "")
         metrics["latency_s"] = time.perf_counter() - t0
-        if not getattr(result, "ok", True):
-            metrics.update(error=True, error_reason=getattr(result, "error", "") or "handler error")
-        return ToolResponse(text=str(result)), 0.0, metrics
+        return ToolResponse(text=text), 0.0, metrics
 
     async def aclose(self) -> None:
         """Close the client of the running event loop (tests and clean shutdowns)."""
