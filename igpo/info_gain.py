@@ -480,8 +480,12 @@ def split_outputs(
     tok, ans = [], []
     for i in range(layout.num_seqs):
         if with_token_logprobs:
-            idx = rows(layout.trajectory_index(i)[:-1])
-            tok.append(token_logprobs(logits[idx], sequences[i].reshape(-1)[1:]))
+            s, n = layout.seq_starts[i], layout.seq_lens[i]
+            if logits_rows is None:  # a view: no copy of the (n, V) logits
+                lg = logits[s : s + n - 1]
+            else:
+                lg = logits[rows(layout.trajectory_index(i)[:-1])]
+            tok.append(token_logprobs(lg, sequences[i].reshape(-1)[1:]))
         pred = rows(layout.answer_predictors(i))
         a = layout.append_lens[i]
         tgt = copies[i].reshape(-1)[: a + 1].to(logits.device)
