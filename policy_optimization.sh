@@ -43,7 +43,7 @@ case "$engine" in
     handler_pid=""
     if [[ -z "${HANDLER_URL:-}" ]]; then
       port="${HANDLER_PORT:-8765}"
-      if [[ -n "${IGPO_INDEX:-}" ]]; then src=(--index "$IGPO_INDEX"); elif [[ -n "${IGPO_CORPUS:-}" ]]; then src=(--corpus "$IGPO_CORPUS");
+      if [[ -n "${IGPO_INDEX:-}" ]]; then src=(--index-dir "$IGPO_INDEX" --corpus "${IGPO_CORPUS:?IGPO_CORPUS must name the corpus of IGPO_INDEX}"); elif [[ -n "${IGPO_CORPUS:-}" ]]; then src=(--corpus "$IGPO_CORPUS");
       else echo "[igpo] set HANDLER_URL, or IGPO_CORPUS / IGPO_INDEX so a local handler can be started" >&2; exit 2; fi
       mkdir -p outputs
       "$PY" -m handler serve "${src[@]}" --port "$port" >outputs/handler.log 2>&1 &
@@ -64,6 +64,7 @@ while time.time() < deadline:
 sys.exit(f"handler did not answer {url} within 600 s: see outputs/handler.log")
 PYEOF
     fi
+    export IGPO_HANDLER_URLS="${IGPO_HANDLER_URLS:-$HANDLER_URL}"  # read by configs/tools/search_tool.yaml
     "$PY" -m igpo.verl.main "$@"
     ;;
   *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;

@@ -57,3 +57,20 @@ def test_bad_override_is_named():
     cfg = compose_trainer(["algorithm.igpo.ig_basis=probability"])
     with pytest.raises(ValueError, match="ig_basis must be one of.*'probability'"):
         igpo_settings(cfg.algorithm)
+
+
+def test_agent_loop_and_tool_configs_exist_and_name_our_classes(cfg):
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(CONFIG_DIR).parent
+    loop_cfg = yaml.safe_load((root / cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path).read_text())
+    assert {e["name"]: e["_target_"] for e in loop_cfg}[
+        "igpo_search"
+    ] == "igpo.verl.agent_loop.IGPOSearchAgentLoop"
+    assert cfg.actor_rollout_ref.rollout.agent.default_agent_loop == "igpo_search"
+    tools = yaml.safe_load((root / cfg.actor_rollout_ref.rollout.multi_turn.tool_config_path).read_text())[
+        "tools"
+    ]
+    assert {t["config"]["name"] for t in tools} == {"search", "web_search", "browse_webpage"}
