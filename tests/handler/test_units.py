@@ -1,0 +1,120 @@
+"""In-process unit tests: config, tokenizer, BM25 scoring paths, cache, URL guard, extraction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+
+from handler.backends.bm25 import Bm25Retriever, build_index
+from handler.cache import Cache, cache_key
+from handler.config import ConfigError, load_config
+from handler.corpus import CorpusError, Tokenizer, generate_corpus, iter_corpus
+from handler.errors import BadInput, Forbidden
+from handler.reader import UrlGuard, html_to_text, pick_passages
+
+
+def test_config_overrides_and_errors(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("port: 9001\nbm25:\n  k1: 1.2\nreader:\n  allow_hosts: [10.0.0.0/8]\n")
+    cfg = load_config(p, {"web.engine": "bing", "port": 9002})
+    assert (cfg.port, cfg.bm25.k1, cfg.web.engine, cfg.reader.allow_hosts) == (9002, 1.2, "bing", ["10.0.0.0/8"])
+    assert cfg.host == "127.0.0.1"
+    with pytest.raises(ConfigError, match="unknown config key 'bm25.k3'"):
+        load_config(None, {"bm25.k3": 1})
+    with pytest.raises(ConfigError, match="config key 'backend': 'bm26' is not one of"):
+        load_config(None, {"backend": "bm26"})
+    with pytest.raises(ConfigError, match="config key 'port': expected an integer, got '80'"):
+        load_config(None, {"port": "80"})
+
+
+def test_corpus_errors_name_line_and_field(tmp_path) -> None:
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"id": "1", "contents": "ok"}\n{"id": "2", "body": "x"}\n')
+    with pytest.raises(CorpusError, match=r"c.jsonl:2: missing field 'contents'"):
+        list(iter_corpus(p))
+    p.write_text('{"id": "1", "contents": "ok"}\nnot json\n')
+    with pytest.raises(CorpusError, match=r"c.jsonl:2: not valid JSON"):
+        list(iter_corpus(p))
+
+
+def test_tokenizer_stems_and_drops_stopwords() -> None:
+    tok = Tokenizer()
+    assert tok("The Running of the Bulls, and a runner!") == ["run", "bull", "runner"]
+    vocab: dict[str, int] = {}
+    cache: dict[str, int] = {}
+    assert tok.ids("running runs the run", vocab, cache) == [0, 0, 0]
+
+
+def test_bm25_sparse_and_dense_paths_agree(tmp_path) -> None:
+    corpus = generate_corpus(tmp_path / "c.jsonl", 3000, words_per_doc=40, vocab_size=3000, seed=3)
+    build_index(corpus, tmp_path / "idx", show_progress=False)
+    r = Bm25Retriever(tmp_path / "idx")
+    queries = [c.split("\n")[1].split()[:4] for _, c in list(iter_corpus(corpus))[:40]]
+    for words in queries:
+        ids, w = r.token_ids(" ".join(words))
+        r.SPARSE_FRACTION = 0.0
+        d1, s1 = r._topk(ids, w, 10)
+        r.SPARSE_FRACTION = 1e9
+        d2, s2 = r._topk(ids, w, 10)
+        assert d1.tolist() == d2.tolist()
+        assert s1 == pytest.approx(s2, rel=1e-5)
+        assert (s1[:-1] >= s1[1:]).all()
+
+
+def test_cache_ttl_and_concurrent_writers(tmp_path) -> None:
+    c = Cache(tmp_path / "c.sqlite", ttl_s=0.3)
+    k = cache_key("bm25", "  Hello   World ", 3)
+    assert k == cache_key("bm25", "hello world", 3) != cache_key("bm25", "hello world", 4)
+    c.put_many({k: "[1]"})
+    assert c.get_many([k, "missing"]) == {k: "[1]"}
+    time.sleep(0.35)
+    assert c.get_many([k]) == {}
+
+    c2 = Cache(tmp_path / "c.sqlite", ttl_s=60)
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(50):
+                c2.put_many({f"t{t}-{i}": json.dumps(i)})
+                assert c2.get_many([f"t{t}-{i}"]) == {f"t{t}-{i}": json.dumps(i)}
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert c2.size() == 400 + 1
+
+
+def test_url_guard_without_allow_list() -> None:
+    g = UrlGuard([])
+
+    async def check(url: str) -> None:
+        await g.check(url, "url_list[0]")
+
+    for url in ("http://localhost/", "http://127.0.0.1:8000/", "http://172.16.5.4/", "http://[fe80::1]/",
+                "http://100.64.0.1/", "http://[fd00:ec2::254]/"):
+        with pytest.raises(Forbidden):
+            asyncio.run(check(url))
+    with pytest.raises(BadInput, match="not an http"):
+        asyncio.run(check("javascript:alert(1)"))
+    asyncio.run(check("http://8.8.8.8/"))  # a public address passes
+    asyncio.run(UrlGuard(["localhost"]).check("http://localhost/", "u"))
+    asyncio.run(UrlGuard(["10.0.0.0/8"]).check("http://10.2.3.4/", "u"))
+
+
+def test_html_to_text_and_passage_picking() -> None:
+    html = "<html><body><script>x=1</script><p>Alpha beta gamma.</p><p>Delta epsilon.</p></body></html>"
+    text = html_to_text(html)
+    assert "Alpha beta gamma." in text and "x=1" not in text
+    long = "\n".join([f"filler paragraph {i} " * 5 for i in range(50)] + ["the answer is Kepler in Prague"])
+    picked = pick_passages(long, "Who was in Prague?", 200)
+    assert "Kepler in Prague" in picked and len(picked) <= 200
