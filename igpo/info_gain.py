@@ -118,6 +118,11 @@ class CopyLayout:
     def num_seqs(self) -> int:
         return len(self.seq_lens)
 
+    @property
+    def max_span(self) -> int:
+        """Largest position distance any query can have to a key it sees (for sliding windows)."""
+        return max(n + a for n, a in zip(self.seq_lens, self.append_lens, strict=True))
+
     def block_len(self, i: int) -> int:
         """Packed length of sequence i's block (trajectory + appended copies)."""
         return self.seq_lens[i] + len(self.prefix_ends[i]) * self.append_lens[i]
@@ -356,7 +361,13 @@ def copy_attention(
         raise ValueError(
             f"'{ATTN_IMPLEMENTATION}' does not take an attention_mask, got {type(attention_mask)}"
         )
-    for unsupported in ("sliding_window", "softcap", "s_aux"):
+    sw = kwargs.pop("sliding_window", None)
+    if sw is not None and sw < igpo_layout.max_span:
+        raise NotImplementedError(
+            f"'{ATTN_IMPLEMENTATION}': sliding_window={sw} is shorter than a sequence block "
+            f"({igpo_layout.max_span} positions); sliding-window attention is not supported"
+        )
+    for unsupported in ("softcap", "s_aux"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(
                 f"'{ATTN_IMPLEMENTATION}' does not support {unsupported}={kwargs[unsupported]!r}"
@@ -509,6 +520,22 @@ def _check_inputs(sequences, prefix_ends, copies, score_masks) -> list[int]:
     return app
 
 
+def _check_sliding_window(model: torch.nn.Module, span: int) -> None:
+    """A 4-D mask replaces the model's sliding-window masks: refuse when a window would bite."""
+    cfg = getattr(model, "config", None)
+    sw = getattr(cfg, "sliding_window", None)
+    if sw is None or not getattr(cfg, "use_sliding_window", True):
+        return
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return
+    if sw < span:
+        raise NotImplementedError(
+            f"method 'dense': sliding_window={sw} is shorter than a sequence block ({span} positions); "
+            "sliding-window attention is not supported"
+        )
+
+
 def packed_logprobs_with_copies(
     model: torch.nn.Module,
     sequences: Sequence[torch.Tensor],
@@ -556,6 +583,7 @@ def packed_logprobs_with_copies(
     dev = _model_device(model)
     pos = layout.position_ids.reshape(1, -1).to(dev)
     if method == "dense":
+        _check_sliding_window(model, layout.max_span)
         dtype = next(model.parameters()).dtype
         allowed = layout.dense_mask().to(dev)
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
@@ -651,3 +679,32 @@ def ground_truth_gain(logprobs: Sequence[torch.Tensor]) -> float:
     """Mean over trajectories with T ≥ 2 of ``lp_{T-1} - lp_0`` (paper Fig. 5); NaN if none."""
     gains = [float(lp[-1] - lp[0]) for lp in logprobs if lp.numel() >= 2]
     return sum(gains) / len(gains) if gains else math.nan
+
+
+def answer_copy(
+    tokenizer,
+    answer: str,
+    template: str = "<think>Now there's enough information to answer</think><answer>{answer}</answer>",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize the gold answer wrapped as the agent writes a final turn, and mark the answer tokens.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer (offsets are needed to find the answer's tokens).
+        answer: the gold answer text.
+        template: the wrapper; ``{answer}`` is replaced by the answer (``algorithm.igpo.answer_template``).
+    Returns:
+        ``(copy_ids (G,) long, score_mask (G,) bool)``: the mask is True on tokens overlapping the answer.
+    """
+    if "{answer}" not in template:
+        raise ValueError(f"answer_template must contain '{{answer}}', got {template!r}")
+    if not isinstance(answer, str) or not answer.strip():
+        raise ValueError(f"answer must be a non-empty string, got {answer!r}")
+    prefix = template.partition("{answer}")[0]
+    text = template.replace("{answer}", answer)
+    start, end = len(prefix), len(prefix) + len(answer)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+    mask = torch.tensor([s < end and e > start for s, e in enc["offset_mapping"]], dtype=torch.bool)
+    if not bool(mask.any()):
+        raise ValueError(f"no token of the wrapped answer covers the answer {answer!r} in {text!r}")
+    return ids, mask

@@ -1,0 +1,632 @@
+"""Single-process IGPO engine: the embedded default on a CPU (or one GPU), and the CI test bed.
+
+Only the driver loop is its own. Everything else is the code the verl path runs: the multi-turn
+episode (:func:`igpo.rollout.run_episode`) against a real handler process through
+:class:`handler.client.HandlerClient`, the outcome reward (:mod:`igpo.answer`), per-turn ground-truth
+log-probs from ONE forward with answer copies appended (:func:`igpo.info_gain.packed_logprobs_with_copies`,
+which also yields the old log-probs), the ``igpo`` estimator (:mod:`igpo.advantage`), and verl's own
+policy loss, KL penalty and loss aggregation (``verl.trainer.ppo.core_algos``), with a plain AdamW.
+
+One step: sample ``prompts_per_step`` questions × ``group_size`` rollouts → rewards → recompute with
+copies (old log-probs + IG) → reference log-probs → advantages → one clipped-surrogate update with a
+KL loss (the paper's mini-batch equals its batch, so one update per step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from igpo.advantage import compute_igpo_advantage
+from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, outcome_reward
+from igpo.info_gain import answer_copy, ground_truth_gain, information_gain, packed_logprobs_with_copies
+from igpo.local.generation import LockstepBatcher
+from igpo.metrics import turn_reward_metrics, zero_advantage_group_share
+from igpo.rollout import Episode, call_handler_tool, run_episode
+from igpo.turns import prefix_ends_from_turn_ends
+
+DEFAULT_TEMPLATE = "<think>Now there's enough information to answer</think><answer>{answer}</answer>"
+
+
+@dataclass
+class LocalConfig:
+    """Settings of the single-process engine (``configs/local.yaml``; ``key=value`` overrides)."""
+
+    project: str = "igpo-local"
+    experiment: str = "embedded-default"
+    out_root: str = "outputs"
+    seed: int = 0
+    # synthetic task
+    task_seed: int = 0
+    n_people: int = 60
+    n_companies: int = 16
+    n_cities: int = 12
+    n_countries: int = 5
+    hops: list[int] = field(default_factory=lambda: [1, 2, 3])
+    test_fraction: float = 0.2
+    # policy
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    # warm-up (supervised fine-tuning on noisy teacher demonstrations)
+    warmup_epochs: int = 4
+    warmup_lr: float = 3e-3
+    warmup_batch: int = 16
+    p_follow: float = 0.5
+    p_answer: float = 0.3
+    # rollout
+    max_turns: int = 4
+    max_turn_tokens: int = 48
+    max_tool_response_tokens: int = 96
+    topk: int = 1
+    temperature: float = 1.0
+    # RL
+    steps: int = 30
+    prompts_per_step: int = 8
+    group_size: int = 8
+    lr: float = 2e-4
+    clip_ratio: float = 0.2
+    kl_coef: float = 0.001
+    kl_type: str = "low_var_kl"
+    loss_agg_mode: str = "token-mean"
+    micro_batch: int = 32
+    grad_clip: float = 1.0
+    # IGPO (algorithm.igpo.* on the verl path)
+    reward_mode: str = "f1+ig"
+    norm: str = "separate"
+    gamma: float = 1.0
+    ig_basis: str = "logprob"
+    format_penalty: float = -1.0
+    answer_template: str = DEFAULT_TEMPLATE
+    # evaluation, checkpoints, logging
+    eval_every: int = 10
+    eval_size: int = 0
+    save_every: int = 10
+    resume: bool = True
+    handler_url: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out_root) / self.project / self.experiment
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> LocalConfig:
+    """Merge ``configs/local.yaml`` (or ``path``) and ``key=value`` overrides into a checked config."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.structured(LocalConfig)
+    layers = [base]
+    if path is not None:
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must look like key=value, got {bad}")
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    cfg: LocalConfig = OmegaConf.to_object(OmegaConf.merge(*layers))  # unknown keys raise, naming them
+    if cfg.steps < 0 or cfg.prompts_per_step < 1 or cfg.group_size < 1:
+        raise ValueError(
+            f"steps >= 0, prompts_per_step >= 1 and group_size >= 1 are required, got "
+            f"{cfg.steps}, {cfg.prompts_per_step}, {cfg.group_size}"
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pure helpers (tested on their own)
+# ----------------------------------------------------------------------------------------------------
+
+
+def encode_turn_rewards(
+    episodes: Sequence[Episode], outcomes: Sequence[float], igs: Sequence[torch.Tensor], length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(token_level_rewards, response_mask)``, both ``(bs, length)``, per igpo.advantage's contract.
+
+    The IG of turn t goes on the last token of turn t, the outcome on the last token of the last turn.
+    """
+    bs = len(episodes)
+    rewards = torch.zeros(bs, length)
+    mask = torch.zeros(bs, length)
+    for i, ep in enumerate(episodes):
+        m = torch.tensor(ep.response_mask[:length], dtype=torch.float32)
+        mask[i, : m.numel()] = m
+        if not ep.turns:
+            continue
+        ends = [t.end - 1 for t in ep.turns]
+        for t, end in enumerate(ends[:-1]):
+            if t < igs[i].numel():
+                rewards[i, end] = float(igs[i][t])
+        rewards[i, ends[-1]] = float(outcomes[i])
+    return rewards, mask
+
+
+def pad_right(rows: Sequence[Sequence[float]], length: int, value: float = 0.0) -> torch.Tensor:
+    """Stack ragged rows into a ``(len(rows), length)`` float tensor."""
+    out = torch.full((len(rows), length), value)
+    for i, r in enumerate(rows):
+        t = torch.as_tensor(list(r)[:length], dtype=torch.float32)
+        out[i, : t.numel()] = t
+    return out
+
+
+def sequence_logprobs(
+    model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int
+) -> list[torch.Tensor]:
+    """Log-prob of every next token of each sequence (``(n_i - 1,)``), one right-padded forward.
+
+    Gradients flow when called outside ``torch.no_grad``.
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.as_tensor(list(s))
+        attn[i, : len(s)] = 1
+    dev = next(model.parameters()).device
+    logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)
+    return [lp[i, : len(s) - 1] for i, s in enumerate(sequences)]
+
+
+def response_logprobs(
+    model: torch.nn.Module, episodes: Sequence[Episode], length: int, pad_id: int
+) -> torch.Tensor:
+    """``(bs, length)`` log-probs of the response tokens of each episode under ``model``."""
+    seqs = [ep.prompt_ids + ep.response_ids for ep in episodes]
+    lps = sequence_logprobs(model, seqs, pad_id)
+    out = torch.zeros(len(episodes), length, device=lps[0].device)
+    for i, ep in enumerate(episodes):
+        r = lps[i][len(ep.prompt_ids) - 1 :][:length]
+        out[i, : r.numel()] = r
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------------
+
+
+class LocalEngine:
+    """Builds or loads everything for one experiment and runs warm-up, training and evaluation."""
+
+    def __init__(self, cfg: LocalConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.out = cfg.out_dir
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.handler = None
+        self.handler_url = cfg.handler_url
+        self.step = 0
+        self.policy = self.ref = self.tokenizer = self.optimizer = None
+        self._actor_cfg = None
+
+    # -- setup --------------------------------------------------------------------------------------
+    def prepare_task(self):
+        """Write (or reuse) the synthetic task under ``out/data``."""
+        from igpo.local.synthetic import load_task, make_task, write_task
+
+        data = self.out / "data"
+        if (data / "task.json").exists():
+            self.task = load_task(data)
+        else:
+            self.task = make_task(
+                seed=self.cfg.task_seed,
+                n_people=self.cfg.n_people,
+                n_companies=self.cfg.n_companies,
+                n_cities=self.cfg.n_cities,
+                n_countries=self.cfg.n_countries,
+                hops=tuple(self.cfg.hops),
+            )
+            write_task(self.task, data, self.cfg.test_fraction)
+        self.train_q, self.test_q = self.task.split(self.cfg.test_fraction)
+        self.corpus = data / "corpus.jsonl"
+        return self.task
+
+    def start_handler(self):
+        """Start a local handler over the task corpus, unless ``handler_url`` names a running one."""
+        if self.handler_url:
+            return self.handler_url
+        from handler.launch import HandlerProcess
+
+        self.handler = HandlerProcess(
+            self.corpus, log_path=self.out / "handler.log", extra_args=["--no-cache"]
+        )
+        self.handler.start()
+        self.handler_url = self.handler.url
+        return self.handler_url
+
+    def close(self) -> None:
+        if self.handler is not None:
+            self.handler.stop()
+            self.handler = None
+
+    def _tokenizer_texts(self) -> list[str]:
+        from handler.client import format_hits
+        from igpo.local.synthetic import SYSTEM_PROMPT, teacher_turns
+        from igpo.rollout import TOOL_RESPONSE_HEAD, TOOL_RESPONSE_TAIL, TRUNCATION_MARKER
+
+        rng = random.Random(0)
+        texts = [SYSTEM_PROMPT, TOOL_RESPONSE_HEAD, TOOL_RESPONSE_TAIL, TRUNCATION_MARKER]
+        texts += [
+            self.cfg.answer_template.replace("{answer}", " ".join(v)) for v in self.task.entities.values()
+        ]
+        for p in self.task.passages:
+            title = p["contents"].split("\n")[0].strip('"')
+            texts.append(format_hits([title], [[{"document": p, "score": 1.0}]]))
+        for q in self.task.questions:
+            texts.append(q.question)
+            texts.extend(teacher_turns(q, self.task.entities, rng))
+        return texts
+
+    def build_policy(self) -> None:
+        """Load the latest checkpoint, or build tokenizer + policy and warm the policy up."""
+        from igpo.local.tiny_policy import build_policy, build_tokenizer, load_policy, save_policy
+
+        ckpt = self.latest_checkpoint() if self.cfg.resume else None
+        warm = self.out / "policy_warm"
+        if ckpt is not None:
+            self.policy, self.tokenizer = load_policy(ckpt / "policy")
+            self.ref, _ = load_policy(warm)
+            state = torch.load(ckpt / "trainer.pt", weights_only=False)
+            self._make_optimizer()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["py_rng"])
+            self.log(f"[igpo-local] resumed from {ckpt} at step {self.step}")
+        else:
+            if (warm / "config.json").exists():
+                self.policy, self.tokenizer = load_policy(warm)
+                self.log(f"[igpo-local] reusing the warmed-up policy in {warm}")
+            else:
+                self.tokenizer = build_tokenizer(self._tokenizer_texts())
+                torch.manual_seed(self.cfg.seed)
+                self.policy = build_policy(
+                    self.tokenizer, self.cfg.hidden_size, self.cfg.layers, self.cfg.heads, seed=self.cfg.seed
+                )
+                self.warmup()
+                save_policy(self.policy, self.tokenizer, warm)
+            self.ref = copy.deepcopy(self.policy)
+            self._make_optimizer()
+        self.ref.eval()
+        for p in self.ref.parameters():
+            p.requires_grad_(False)
+
+    def _make_optimizer(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+
+    # -- rollouts -----------------------------------------------------------------------------------
+    def prompt_ids(self, question: str) -> list[int]:
+        from igpo.local.synthetic import SYSTEM_PROMPT
+
+        msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
+        out = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+    async def _episodes(self, prompts: list[list[int]], seeds: list[int], temperature: float, scripted=None):
+        from handler.client import HandlerClient
+
+        client = HandlerClient(
+            [self.handler_url], timeout_s=10.0, max_retries=2, backoff_s=0.2, topk=self.cfg.topk
+        )
+        tools = functools.partial(call_handler_tool, client)
+        batcher = LockstepBatcher(
+            self.policy,
+            self.tokenizer,
+            {i: s for i, s in enumerate(seeds)},
+            temperature=temperature,
+            eos_token_ids=[self.tokenizer.eos_token_id],
+        )
+
+        async def one(i: int) -> Episode:
+            gen = scripted(i) if scripted is not None else batcher.for_episode(i)
+            try:
+                return await run_episode(
+                    gen,
+                    tools,
+                    prompts[i],
+                    self.tokenizer,
+                    max_turns=self.cfg.max_turns,
+                    max_turn_tokens=self.cfg.max_turn_tokens,
+                    max_tool_response_tokens=self.cfg.max_tool_response_tokens,
+                    tool_names=["search"],
+                    eos_token_ids=[self.tokenizer.eos_token_id],
+                )
+            finally:
+                if scripted is None:
+                    batcher.finished(i)
+
+        try:
+            return await asyncio.gather(*(one(i) for i in range(len(prompts))))
+        finally:
+            await client.aclose()
+
+    def rollouts(self, questions, n: int, temperature: float, seed: int, scripted=None) -> list[Episode]:
+        """``n`` episodes per question (grouped, question-major) with per-episode seeded sampling."""
+        prompts = [self.prompt_ids(q.question) for q in questions for _ in range(n)]
+        seeds = [seed * 1_000_003 + i for i in range(len(prompts))]
+        self.policy.eval()
+        with torch.no_grad():
+            return asyncio.run(self._episodes(prompts, seeds, temperature, scripted))
+
+    # -- warm-up ------------------------------------------------------------------------------------
+    def warmup(self) -> dict[str, float]:
+        """Supervised fine-tuning on noisy teacher demonstrations (format and search habit, not answers)."""
+        from igpo.local.synthetic import teacher_turns
+
+        rng = random.Random(self.cfg.seed + 7)
+        plans = [
+            teacher_turns(q, self.task.entities, rng, self.cfg.p_follow, self.cfg.p_answer)
+            for q in self.train_q
+        ]
+
+        def scripted(i: int):
+            turns = iter(plans[i])
+
+            async def generate(prompt_ids, max_new_tokens, stop):
+                return self.tokenizer.encode(next(turns), add_special_tokens=False)
+
+            return generate
+
+        demos = self.rollouts(self.train_q, 1, 0.0, seed=0, scripted=scripted)
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.warmup_lr)
+        self.policy.train()
+        order = list(range(len(demos)))
+        losses = []
+        pad = self.tokenizer.pad_token_id
+        for _ in range(self.cfg.warmup_epochs):
+            rng.shuffle(order)
+            for b in range(0, len(order), self.cfg.warmup_batch):
+                batch = [demos[i] for i in order[b : b + self.cfg.warmup_batch]]
+                length = max(len(e.response_ids) for e in batch)
+                lp = response_logprobs(self.policy, batch, length, pad)
+                mask = pad_right([e.response_mask for e in batch], length)
+                loss = -(lp * mask).sum() / mask.sum()
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.item())
+        self.policy.eval()
+        stats = {"warmup/loss_first": losses[0], "warmup/loss_last": losses[-1], "warmup/demos": len(demos)}
+        self.log(
+            f"[igpo-local] warm-up on {len(demos)} demonstrations: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        )
+        return stats
+
+    # -- one RL step --------------------------------------------------------------------------------
+    def batch_questions(self, step: int):
+        rng = random.Random(self.cfg.seed * 7919 + step)
+        return rng.sample(self.train_q, min(self.cfg.prompts_per_step, len(self.train_q)))
+
+    def recompute(self, episodes: Sequence[Episode], golds: Sequence[str], length: int):
+        """Old log-probs ``(bs, length)`` and per-turn answer log-probs, from one forward with copies."""
+        seqs, prefix, copies, masks = [], [], [], []
+        for ep, gold in zip(episodes, golds, strict=True):
+            seqs.append(torch.tensor(ep.prompt_ids + ep.response_ids))
+            prefix.append(
+                prefix_ends_from_turn_ends(len(ep.prompt_ids), ep.tool_turn_ends, len(ep.response_ids))
+            )
+            c, m = answer_copy(self.tokenizer, gold, self.cfg.answer_template)
+            copies.append(c)
+            masks.append(m)
+        old = torch.zeros(len(episodes), length)
+        answer_lp: list[torch.Tensor] = []
+        chunk = max(1, self.cfg.micro_batch)
+        with torch.no_grad():
+            for s in range(0, len(seqs), chunk):
+                tok_lp, ans = packed_logprobs_with_copies(
+                    self.policy,
+                    seqs[s : s + chunk],
+                    prefix[s : s + chunk],
+                    copies[s : s + chunk],
+                    masks[s : s + chunk],
+                )
+                for j, (lp, a) in enumerate(zip(tok_lp, ans, strict=True)):
+                    ep = episodes[s + j]
+                    r = lp[len(ep.prompt_ids) - 1 :][:length]
+                    old[s + j, : r.numel()] = r
+                    answer_lp.append(a.float())
+        return old, answer_lp
+
+    def train_step(self) -> dict[str, float]:
+        """Sample, score, compute IG and advantages, update once; returns the step's metrics."""
+        from verl.trainer.ppo import core_algos
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        questions = self.batch_questions(self.step)
+        episodes = self.rollouts(
+            questions, cfg.group_size, cfg.temperature, seed=cfg.seed * 100_003 + self.step
+        )
+        golds = [as_gold_list(q.answer)[0] for q in questions for _ in range(cfg.group_size)]
+        uids = np.array([q.qid for q in questions for _ in range(cfg.group_size)], dtype=object)
+        t_roll = time.perf_counter()
+        outcomes = [
+            outcome_reward(ep.response_text, g, cfg.format_penalty)
+            for ep, g in zip(episodes, golds, strict=True)
+        ]
+        f1s = [f1_score(extract_answer(ep.response_text), g) for ep, g in zip(episodes, golds, strict=True)]
+        length = max(len(ep.response_ids) for ep in episodes)
+        old_lp, answer_lp = self.recompute(episodes, golds, length)
+        t_ig = time.perf_counter()
+        igs = [information_gain(a, cfg.ig_basis) for a in answer_lp]
+        rewards, mask = encode_turn_rewards(episodes, outcomes, igs, length)
+        adv, _ = compute_igpo_advantage(
+            rewards, mask, uids, gamma=cfg.gamma, reward_mode=cfg.reward_mode, norm=cfg.norm
+        )
+        grpo_adv, _ = compute_igpo_advantage(rewards, mask, uids, reward_mode="f1")
+        with torch.no_grad():
+            ref_lp = torch.cat(
+                [
+                    response_logprobs(
+                        self.ref, episodes[s : s + cfg.micro_batch], length, self.tokenizer.pad_token_id
+                    )
+                    for s in range(0, len(episodes), cfg.micro_batch)
+                ]
+            )
+        # update: one mini-batch = the whole batch (paper Table 4), accumulated over micro-batches
+        self.policy.train()
+        self.optimizer.zero_grad()
+        n_tokens = float(mask.sum())
+        loss_fn = core_algos.get_policy_loss_fn("vanilla")
+        pg_total = kl_total = 0.0
+        clipfrac = []
+        for s in range(0, len(episodes), cfg.micro_batch):
+            sl = slice(s, s + cfg.micro_batch)
+            lp = response_logprobs(self.policy, episodes[sl], length, self.tokenizer.pad_token_id)
+            actor = self._actor_config(n_tokens)
+            pg, pg_m = loss_fn(old_lp[sl], lp, adv[sl], mask[sl], cfg.loss_agg_mode, actor)
+            kl_mat = core_algos.kl_penalty(lp, ref_lp[sl], cfg.kl_type)
+            kl = core_algos.agg_loss(kl_mat, mask[sl], cfg.loss_agg_mode, batch_num_tokens=n_tokens)
+            (pg + cfg.kl_coef * kl).backward()
+            pg_total += float(pg)
+            kl_total += float(kl)
+            clipfrac.append(pg_m["actor/pg_clipfrac"])
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.policy.eval()
+        self.step += 1
+        t_end = time.perf_counter()
+        m = {
+            "step": self.step,
+            "reward/outcome_mean": float(np.mean(outcomes)),
+            "reward/f1_mean": float(np.mean(f1s)),
+            "reward/format_fail_rate": float(
+                np.mean([not check_format(ep.response_text)[0] for ep in episodes])
+            ),
+            "igpo/zero_adv_group_share_grpo": zero_advantage_group_share(grpo_adv, mask, uids),
+            "igpo/zero_adv_group_share_igpo": zero_advantage_group_share(adv, mask, uids),
+            "igpo/gt_logprob_gain": ground_truth_gain(answer_lp),
+            "rollout/turns_mean": float(np.mean([ep.num_turns for ep in episodes])),
+            "rollout/tool_calls_mean": float(np.mean([ep.num_tool_calls for ep in episodes])),
+            "rollout/tool_error_rate": float(
+                sum(ep.tool_errors for ep in episodes) / max(1, sum(ep.num_tool_calls for ep in episodes))
+            ),
+            "rollout/truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
+            "actor/pg_loss": pg_total,
+            "actor/kl_loss": kl_total,
+            "actor/pg_clipfrac": float(np.mean(clipfrac)),
+            "actor/grad_norm": grad_norm,
+            "tokens/update": n_tokens,
+            "time/rollout_s": t_roll - t0,
+            "time/recompute_ig_s": t_ig - t_roll,
+            "time/step_s": t_end - t0,
+        }
+        m.update(turn_reward_metrics(rewards, mask))
+        return m
+
+    def _actor_config(self, n_tokens: float):
+        from verl.workers.config import FSDPActorConfig
+
+        return FSDPActorConfig(
+            strategy="fsdp",
+            rollout_n=self.cfg.group_size,
+            ppo_mini_batch_size=self.cfg.prompts_per_step,
+            ppo_micro_batch_size_per_gpu=self.cfg.micro_batch,
+            use_dynamic_bsz=False,
+            clip_ratio=self.cfg.clip_ratio,
+            global_batch_info={"batch_num_tokens": n_tokens},
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate(
+        self, questions=None, temperature: float = 0.0
+    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """Greedy rollouts on the test questions: rollout records and mean F1/EM/format rates."""
+        from igpo.local.synthetic import DATA_SOURCE
+        from igpo.rollout_io import make_record
+
+        qs = questions if questions is not None else self.test_q
+        if self.cfg.eval_size:
+            qs = qs[: self.cfg.eval_size]
+        eps = self.rollouts(qs, 1, temperature, seed=123_457)
+        records = [
+            make_record(
+                data_source=DATA_SOURCE,
+                question=q.question,
+                ground_truth=[q.answer],
+                response=ep.response_text,
+                turns=ep.num_turns,
+                tool_calls=ep.num_tool_calls,
+                hops=q.hops,
+                step=self.step,
+            )
+            for q, ep in zip(qs, eps, strict=True)
+        ]
+        f1 = [f1_score(r["prediction"], [r["ground_truth"][0]]) for r in records]
+        return records, {
+            "eval/f1": float(np.mean(f1)),
+            "eval/answered": float(np.mean([r["prediction"] is not None for r in records])),
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        steps = sorted((self.out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        done = [p for p in steps if (p / "trainer.pt").exists()]
+        return done[-1] if done else None
+
+    def save_checkpoint(self) -> Path:
+        from igpo.local.tiny_policy import save_policy
+
+        path = self.out / "checkpoints" / f"step_{self.step}"
+        save_policy(self.policy, self.tokenizer, path / "policy")
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "torch_rng": torch.get_rng_state(),
+            "py_rng": random.getstate(),
+            "config": asdict(self.cfg),
+        }
+        torch.save(state, path / "trainer.pt.tmp")
+        (path / "trainer.pt.tmp").rename(path / "trainer.pt")  # a checkpoint counts once complete
+        return path
+
+
+class MetricsLog:
+    """Console-free metric sinks: JSON lines and (optionally) TensorBoard."""
+
+    def __init__(self, out: Path, tensorboard: bool = True):
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard not installed: JSON lines only
+                self.tb = None
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        with open(self.path, "a") as f:
+            f.write(
+                json.dumps(
+                    {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+                )
+                + "\n"
+            )
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if (
+                    isinstance(v, (int, float))
+                    and not (isinstance(v, float) and math.isnan(v))
+                    and k != "step"
+                ):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
