@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Validation-only rollouts of a checkpoint, then per-dataset F1/EM scores.
+#
+#   bash evaluate.sh [--checkpoint DIR] [overrides...]
+#
+# Local engine (default without a GPU): greedy rollouts of the embedded default's held-out questions
+# written to outputs/{project}/{experiment}/rollout/rollout_step_{k}.json, then scored into
+# outputs/{project}/{experiment}/score_step_{k}.json with evaluate/calculate_metrics.py.
+# verl engine (IGPO_ENGINE=verl): the trainer's validation pass (trainer.val_only=true) on the GPUs;
+# its generations go to trainer.validation_data_dir.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+
+engine="${IGPO_ENGINE:-}"
+if [[ -z "$engine" ]]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then engine=verl; else engine=local; fi
+fi
+
+case "$engine" in
+  local)
+    rollout=$("$PY" -m igpo.local.evaluate "$@" | tail -n 1)
+    [[ -f "$rollout" ]] || { echo "evaluate.sh: no rollout file was written" >&2; exit 1; }
+    score="$(dirname "$(dirname "$rollout")")/$(basename "$rollout" .json | sed 's/rollout_/score_/').json"
+    "$PY" evaluate/calculate_metrics.py "$rollout" --out "$score"
+    echo "rollout: $rollout"
+    echo "scores:  $score"
+    ;;
+  verl)
+    out="${IGPO_VAL_DIR:-outputs/validation}"
+    "$PY" -m igpo.verl.main trainer.val_only=true trainer.val_before_train=true trainer.validation_data_dir="$out" "$@"
+    echo "validation generations: $out (verl's JSON lines)"
+    ;;
+  *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;
+esac
