@@ -6,6 +6,7 @@
 #   bash policy_optimization.sh --dry-run [overrides...]   # print the composed hydra config and exit
 #
 # Engine: IGPO_ENGINE=verl | local (default: verl when `nvidia-smi -L` lists a GPU, else local).
+# Local engine overrides are key=value fields of configs/local.yaml (e.g. steps=10 reward_mode=f1).
 # Cluster path environment: IGPO_MODEL_PATH, IGPO_TRAIN_FILES, IGPO_VAL_FILES, IGPO_EXPERIMENT,
 # HANDLER_URL (a running search handler; when unset one is started from IGPO_CORPUS or IGPO_INDEX).
 set -euo pipefail
@@ -32,10 +33,24 @@ fi
 
 case "$engine" in
   local)
-    echo "[igpo] running the embedded default (CPU, single process); for the cluster path use IGPO_ENGINE=verl on a GPU node"
+    echo "[igpo] running the embedded default (synthetic multi-hop task, tiny policy, CPU); for the cluster path run IGPO_ENGINE=verl bash policy_optimization.sh on a GPU node"
     ensure_installed
-    # The embedded-default training run is being built (issue 7); until then this shows the core at work.
-    exec "$PY" -m igpo.demo "$@"
+    "$PY" -m igpo.local.train "$@"
+    bash evaluate.sh "$@"
+    "$PY" - "$@" <<'PYEOF'
+import json, sys
+from igpo.local.engine import load_config
+from igpo.local.train import DEFAULT_CONFIG
+cfg = load_config(DEFAULT_CONFIG, [a for a in sys.argv[1:] if "=" in a])
+res = json.loads((cfg.out_dir / "result.json").read_text())
+scores = sorted(cfg.out_dir.glob("score_step_*.json"), key=lambda p: int(p.stem.split("_")[-1]))
+print("\n[igpo] embedded default finished:")
+print(f"  checkpoint      {res['checkpoint']}")
+print(f"  rollout JSON    {res['rollout']}")
+print(f"  score JSON      {scores[-1] if scores else '(missing)'}")
+print(f"  learning curve  {res['learning_curve']}")
+print(f"  metrics         {res['metrics']}")
+PYEOF
     ;;
   verl)
     echo "[igpo] running the verl cluster path (paper's Table 4 setting); overrides: $*"
