@@ -112,9 +112,15 @@ def _describe(errs: Any) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON body whatever its content type: 400 for malformed JSON, 422 naming bad fields."""
-    raw = await request.body()
+async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
+    """Parse a JSON body whatever its content type: 400 for malformed JSON, 422 naming bad fields,
+    413 when the (possibly chunked) body grows past ``max_bytes``."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise HandlerError(f"request body exceeds the limit of {max_bytes} bytes", status=413, kind="too_large")
+    raw = bytes(buf)
     if not raw.strip():
         raise HandlerError("empty request body: send a JSON object", status=400, kind="bad_json")
     try:
@@ -263,7 +269,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Response:
         """Search-R1 ``/retrieve``: ranked passages per query, in order."""
-        req = await parse_body(request, RetrieveRequest)
+        req = await parse_body(request, RetrieveRequest, cfg.limits.max_body_bytes)
         lim = cfg.limits
         if req.queries is not None and req.query is not None:
             raise BadInput("give either field 'queries' (a list) or field 'query' (a string), not both")
@@ -309,7 +315,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     @app.post("/tools/web_search")
     async def web_search(request: Request) -> dict[str, Any]:
         """The ``web_search`` tool: the first N queries are searched; the reply says if some were not."""
-        req = await parse_body(request, WebSearchRequest)
+        req = await parse_body(request, WebSearchRequest, cfg.limits.max_body_bytes)
         if not cfg.web_enabled or st.web is None:
             raise Unavailable("web search is disabled in this handler's config (web_enabled: false)")
         lim = cfg.limits
@@ -341,7 +347,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     @app.post("/tools/browse_webpage")
     async def browse_webpage(request: Request) -> dict[str, Any]:
         """The ``browse_webpage`` tool: what each page says about the question."""
-        req = await parse_body(request, BrowseRequest)
+        req = await parse_body(request, BrowseRequest, cfg.limits.max_body_bytes)
         if not cfg.web_enabled or st.reader is None:
             raise Unavailable("page reading is disabled in this handler's config (web_enabled: false)")
         lim = cfg.limits

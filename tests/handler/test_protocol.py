@@ -151,6 +151,15 @@ def test_oversized_body_is_413(server: Server) -> None:
     assert "exceeds the limit of 200000 bytes" in r.json()["detail"]
 
 
+def test_oversized_chunked_body_is_413(server: Server) -> None:
+    def gen():
+        for _ in range(300):
+            yield b" " * 1000
+
+    r = httpx.post(server.url + "/retrieve", content=gen(), timeout=10)
+    assert r.status_code == 413 and "exceeds the limit of 200000 bytes" in r.json()["detail"]
+
+
 def test_server_survives_all_bad_input(server: Server) -> None:
     for body, _, _ in BAD:
         post(server, "/retrieve", body)
