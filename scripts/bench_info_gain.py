@@ -20,7 +20,9 @@ Peak memory: on CUDA ``max_memory_allocated`` above the level after model load; 
 resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) above the resident set after model
 load, one run per subprocess. Times come from one more subprocess per configuration that runs the
 three methods interleaved (one warm-up each, then ``--repeats`` rounds) and keeps the minimum, so
-that load from other processes on a shared machine biases no method.
+that load from other processes on a shared machine biases no method. On CPU the process CPU time
+(``*_cpu_ms``, minimum too) is reported beside the wall time: with ``--threads 1`` it is what the
+work costs, unaffected by other processes competing for the cores.
 
 Models: on CPU a small Qwen2 (hidden 256, 4 layers, 4 heads / 2 KV heads, MLP 704, vocab 2048,
 float32); on CUDA a Qwen2.5-7B-shaped one (hidden 3584, 28 heads / 4 KV heads, MLP 18944, vocab
@@ -142,15 +144,17 @@ def worker(spec: dict) -> dict:
         if spec["mode"] == "time":
             for m in spec["methods"]:
                 run(m)  # warm-up
-            times: dict[str, list[float]] = {m: [] for m in spec["methods"]}
+            wall: dict[str, list[float]] = {m: [] for m in spec["methods"]}
+            cpu: dict[str, list[float]] = {m: [] for m in spec["methods"]}
             for _ in range(spec["repeats"]):
                 for m in spec["methods"]:
                     sync()
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     run(m)
                     sync()
-                    times[m].append((time.perf_counter() - t0) * 1000)
-            return {m: min(v) for m, v in times.items()}
+                    wall[m].append((time.perf_counter() - t0) * 1000)
+                    cpu[m].append((time.process_time() - c0) * 1000)
+            return {m: {"wall": min(wall[m]), "cpu": min(cpu[m])} for m in spec["methods"]}
         sync()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -239,7 +243,10 @@ def main() -> None:
         )
         r = measure({**base, "mode": "time", "methods": list(METHODS), "repeats": repeats})
         for m in METHODS:
-            row[f"{m}_ms"] = None if "error" in r else round(r[m], 1)
+            row[f"{m}_ms"] = None if "error" in r else round(r[m]["wall"], 1)
+        if args.device == "cpu" and "error" not in r:
+            for m in METHODS:
+                row[f"{m}_cpu_ms"] = round(r[m]["cpu"], 1)
         if "error" in r:
             row["time_error"] = r["error"]
         for m in METHODS:
@@ -251,6 +258,9 @@ def main() -> None:
             row["vectorized_over_plain_time"] = round(row["vectorized_ms"] / row["plain_ms"], 3)
         if row["plain_peak_mib"] and row["vectorized_peak_mib"]:
             row["vectorized_over_plain_mem"] = round(row["vectorized_peak_mib"] / row["plain_peak_mib"], 3)
+        if row.get("plain_cpu_ms") and row.get("vectorized_cpu_ms"):
+            row["vectorized_over_plain_cpu_time"] = round(row["vectorized_cpu_ms"] / row["plain_cpu_ms"], 3)
+            row["naive_over_vectorized_cpu_time"] = round(row["naive_cpu_ms"] / row["vectorized_cpu_ms"], 2)
         if row["naive_ms"] and row["vectorized_ms"]:
             row["naive_over_vectorized_time"] = round(row["naive_ms"] / row["vectorized_ms"], 2)
             row["target_T_over_3"] = round(t / 3, 2)

@@ -318,6 +318,22 @@ def test_production_path_has_no_quadratic_tensor():
         assert probe_dense.max_numel >= N * N
 
 
+def test_sliding_window():
+    """A window wider than every block changes nothing; a narrower one is refused, not ignored."""
+    x, copy = rand_ids(20, 40), rand_ids(5, 41)
+    mask = torch.tensor([0, 1, 1, 1, 0], dtype=torch.bool)
+    torch.manual_seed(0)
+    wide = AutoModelForCausalLM.from_config(MistralConfig(**SMALL, sliding_window=4096)).double().eval()
+    with torch.no_grad():
+        ref = answer_logprobs(wide, x, [4, 12], copy, mask, method="naive")
+        for method in ("dense", "vectorized"):
+            torch.testing.assert_close(answer_logprobs(wide, x, [4, 12], copy, mask, method=method), ref)
+    narrow = AutoModelForCausalLM.from_config(MistralConfig(**SMALL, sliding_window=8)).double().eval()
+    for method in ("dense", "vectorized"):
+        with pytest.raises(NotImplementedError, match="sliding_window=8"), torch.no_grad():
+            answer_logprobs(narrow, x, [4, 12], copy, mask, method=method)
+
+
 def test_copy_attention_requires_layout():
     from igpo.info_gain import copy_attention_enabled
 
