@@ -199,6 +199,21 @@ def response_logprobs(
 # ----------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Batch:
+    """One step's training data: episodes and ``(bs, L)`` tensors aligned on their responses."""
+
+    episodes: list[Episode]
+    uids: np.ndarray
+    rewards: torch.Tensor
+    mask: torch.Tensor
+    adv: torch.Tensor
+    old_lp: torch.Tensor
+    ref_lp: torch.Tensor
+    answer_lp: list[torch.Tensor]
+    metrics: dict[str, float]
+
+
 class LocalEngine:
     """Builds or loads everything for one experiment and runs warm-up, training and evaluation."""
 
@@ -259,7 +274,14 @@ class LocalEngine:
         from igpo.rollout import TOOL_RESPONSE_HEAD, TOOL_RESPONSE_TAIL, TRUNCATION_MARKER
 
         rng = random.Random(0)
-        texts = [SYSTEM_PROMPT, TOOL_RESPONSE_HEAD, TOOL_RESPONSE_TAIL, TRUNCATION_MARKER]
+        texts = [
+            SYSTEM_PROMPT,
+            TOOL_RESPONSE_HEAD,
+            TOOL_RESPONSE_TAIL,
+            TRUNCATION_MARKER,
+            "system user assistant",
+        ]
+        texts += [f"<|im_start|>{role}\n" for role in ("system", "user", "assistant")]
         texts += [
             self.cfg.answer_template.replace("{answer}", " ".join(v)) for v in self.task.entities.values()
         ]
@@ -442,24 +464,18 @@ class LocalEngine:
                     answer_lp.append(a.float())
         return old, answer_lp
 
-    def train_step(self) -> dict[str, float]:
-        """Sample, score, compute IG and advantages, update once; returns the step's metrics."""
-        from verl.trainer.ppo import core_algos
-
+    def collect(self, step: int) -> Batch:
+        """Rollouts of step ``step`` with rewards, IG, advantages, old and reference log-probs."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        questions = self.batch_questions(self.step)
-        episodes = self.rollouts(
-            questions, cfg.group_size, cfg.temperature, seed=cfg.seed * 100_003 + self.step
-        )
+        questions = self.batch_questions(step)
+        episodes = self.rollouts(questions, cfg.group_size, cfg.temperature, seed=cfg.seed * 100_003 + step)
         golds = [as_gold_list(q.answer)[0] for q in questions for _ in range(cfg.group_size)]
         uids = np.array([q.qid for q in questions for _ in range(cfg.group_size)], dtype=object)
         t_roll = time.perf_counter()
-        outcomes = [
-            outcome_reward(ep.response_text, g, cfg.format_penalty)
-            for ep, g in zip(episodes, golds, strict=True)
-        ]
-        f1s = [f1_score(extract_answer(ep.response_text), g) for ep, g in zip(episodes, golds, strict=True)]
+        pairs = list(zip(episodes, golds, strict=True))
+        outcomes = [outcome_reward(ep.response_text, g, cfg.format_penalty) for ep, g in pairs]
+        f1s = [f1_score(extract_answer(ep.response_text), g) for ep, g in pairs]
         length = max(len(ep.response_ids) for ep in episodes)
         old_lp, answer_lp = self.recompute(episodes, golds, length)
         t_ig = time.perf_counter()
@@ -478,31 +494,7 @@ class LocalEngine:
                     for s in range(0, len(episodes), cfg.micro_batch)
                 ]
             )
-        # update: one mini-batch = the whole batch (paper Table 4), accumulated over micro-batches
-        self.policy.train()
-        self.optimizer.zero_grad()
-        n_tokens = float(mask.sum())
-        loss_fn = core_algos.get_policy_loss_fn("vanilla")
-        pg_total = kl_total = 0.0
-        clipfrac = []
-        for s in range(0, len(episodes), cfg.micro_batch):
-            sl = slice(s, s + cfg.micro_batch)
-            lp = response_logprobs(self.policy, episodes[sl], length, self.tokenizer.pad_token_id)
-            actor = self._actor_config(n_tokens)
-            pg, pg_m = loss_fn(old_lp[sl], lp, adv[sl], mask[sl], cfg.loss_agg_mode, actor)
-            kl_mat = core_algos.kl_penalty(lp, ref_lp[sl], cfg.kl_type)
-            kl = core_algos.agg_loss(kl_mat, mask[sl], cfg.loss_agg_mode, batch_num_tokens=n_tokens)
-            (pg + cfg.kl_coef * kl).backward()
-            pg_total += float(pg)
-            kl_total += float(kl)
-            clipfrac.append(pg_m["actor/pg_clipfrac"])
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip))
-        self.optimizer.step()
-        self.policy.eval()
-        self.step += 1
-        t_end = time.perf_counter()
         m = {
-            "step": self.step,
             "reward/outcome_mean": float(np.mean(outcomes)),
             "reward/f1_mean": float(np.mean(f1s)),
             "reward/format_fail_rate": float(
@@ -517,16 +509,54 @@ class LocalEngine:
                 sum(ep.tool_errors for ep in episodes) / max(1, sum(ep.num_tool_calls for ep in episodes))
             ),
             "rollout/truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
+            "tokens/update": float(mask.sum()),
+            "time/rollout_s": t_roll - t0,
+            "time/recompute_ig_s": t_ig - t_roll,
+            **turn_reward_metrics(rewards, mask),
+        }
+        return Batch(episodes, uids, rewards, mask, adv, old_lp, ref_lp, answer_lp, m)
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One optimizer step on ``batch``: verl's clipped surrogate + KL loss, micro-batched."""
+        from verl.trainer.ppo import core_algos
+
+        cfg = self.cfg
+        length = batch.mask.shape[1]
+        self.policy.train()
+        self.optimizer.zero_grad()
+        n_tokens = float(batch.mask.sum())
+        actor = self._actor_config(n_tokens)
+        loss_fn = core_algos.get_policy_loss_fn("vanilla")
+        pg_total = kl_total = 0.0
+        clipfrac = []
+        for s in range(0, len(batch.episodes), cfg.micro_batch):
+            sl = slice(s, s + cfg.micro_batch)
+            lp = response_logprobs(self.policy, batch.episodes[sl], length, self.tokenizer.pad_token_id)
+            pg, pg_m = loss_fn(batch.old_lp[sl], lp, batch.adv[sl], batch.mask[sl], cfg.loss_agg_mode, actor)
+            kl_mat = core_algos.kl_penalty(lp, batch.ref_lp[sl], cfg.kl_type)
+            kl = core_algos.agg_loss(kl_mat, batch.mask[sl], cfg.loss_agg_mode, batch_num_tokens=n_tokens)
+            (pg + cfg.kl_coef * kl).backward()
+            pg_total += pg.item()
+            kl_total += kl.item()
+            clipfrac.append(pg_m["actor/pg_clipfrac"])
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.policy.eval()
+        return {
             "actor/pg_loss": pg_total,
             "actor/kl_loss": kl_total,
             "actor/pg_clipfrac": float(np.mean(clipfrac)),
             "actor/grad_norm": grad_norm,
-            "tokens/update": n_tokens,
-            "time/rollout_s": t_roll - t0,
-            "time/recompute_ig_s": t_ig - t_roll,
-            "time/step_s": t_end - t0,
         }
-        m.update(turn_reward_metrics(rewards, mask))
+
+    def train_step(self) -> dict[str, float]:
+        """Collect a batch for the current step and update once; returns the step's metrics."""
+        t0 = time.perf_counter()
+        batch = self.collect(self.step)
+        m = {**batch.metrics, **self.update(batch)}
+        self.step += 1
+        m["step"] = self.step
+        m["time/step_s"] = time.perf_counter() - t0
         return m
 
     def _actor_config(self, n_tokens: float):

@@ -33,12 +33,17 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = LocalEngine(cfg)
     if not (engine.out / "data" / "task.json").exists():
-        print(f"igpo.local.evaluate: no task in {engine.out / 'data'}; train first (bash policy_optimization.sh)",
-              file=sys.stderr)
+        print(
+            f"igpo.local.evaluate: no task in {engine.out / 'data'}; train first (bash policy_optimization.sh)",
+            file=sys.stderr,
+        )
         return 2
     ckpt = Path(args.checkpoint) if args.checkpoint else engine.latest_checkpoint()
     if ckpt is None or not (ckpt / "policy" / "config.json").exists():
-        print(f"igpo.local.evaluate: no checkpoint found ({ckpt or engine.out / 'checkpoints'})", file=sys.stderr)
+        print(
+            f"igpo.local.evaluate: no checkpoint found ({ckpt or engine.out / 'checkpoints'})",
+            file=sys.stderr,
+        )
         return 2
     try:
         engine.prepare_task()
@@ -50,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         path = write_rollouts(records, rollout_dir(cfg.project, cfg.experiment, cfg.out_root), engine.step)
     finally:
         engine.close()
-    print(f"[igpo-local] {len(records)} rollouts of {ckpt} on the {args.split} split (F1 {ev['eval/f1']:.3f})")
+    print(
+        f"[igpo-local] {len(records)} rollouts of {ckpt} on the {args.split} split (F1 {ev['eval/f1']:.3f})"
+    )
     print(path)
     return 0
 
