@@ -562,6 +562,8 @@ def packed_logprobs_with_copies(
             forward per sequence for the token log-probs).
         with_token_logprobs: also return the trajectories' token log-probs (skips their LM-head
             work when False).
+
+    Gradients follow the caller's grad mode; the recompute step calls this under ``torch.no_grad()``.
     Returns:
         ``(token_lp, answer_lp)``: ``token_lp[i]`` is ``(n_i - 1,)`` (equal to a plain forward's
         log-probs of sequence i; ``[]`` when not requested); ``answer_lp[i]`` is ``(T_i,)``, element t
