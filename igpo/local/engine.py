@@ -61,7 +61,8 @@ class LocalConfig:
     layers: int = 2
     heads: int = 4
     # warm-up (supervised fine-tuning on noisy teacher demonstrations)
-    warmup_epochs: int = 4
+    warmup_steps: int = 150
+    warmup_demos: int = 4
     warmup_lr: float = 3e-3
     warmup_batch: int = 16
     p_follow: float = 0.5
@@ -386,48 +387,60 @@ class LocalEngine:
 
     # -- warm-up ------------------------------------------------------------------------------------
     def warmup(self) -> dict[str, float]:
-        """Supervised fine-tuning on noisy teacher demonstrations (format and search habit, not answers)."""
+        """Supervised fine-tuning on noisy teacher demonstrations (format and search habit, not answers).
+
+        ``warmup_demos`` noisy plans per training question are played against the real handler (so the
+        tool responses and token layout are exactly those of RL), then ``warmup_steps`` AdamW steps on
+        random batches of them (one-cycle learning rate), loss on model tokens only.
+        """
         from igpo.local.synthetic import teacher_turns
 
-        rng = random.Random(self.cfg.seed + 7)
-        plans = [
-            teacher_turns(q, self.task.entities, rng, self.cfg.p_follow, self.cfg.p_answer)
-            for q in self.train_q
-        ]
+        cfg = self.cfg
+        rng = random.Random(cfg.seed + 7)
+        demos: list[Episode] = []
+        for rep in range(cfg.warmup_demos):
+            plans = [
+                teacher_turns(q, self.task.entities, rng, cfg.p_follow, cfg.p_answer) for q in self.train_q
+            ]
 
-        def scripted(i: int):
-            turns = iter(plans[i])
+            def scripted(i: int, plans=plans):
+                turns = iter(plans[i])
 
-            async def generate(prompt_ids, max_new_tokens, stop):
-                return self.tokenizer.encode(next(turns), add_special_tokens=False)
+                async def generate(prompt_ids, max_new_tokens, stop):
+                    return self.tokenizer.encode(next(turns), add_special_tokens=False)
 
-            return generate
+                return generate
 
-        demos = self.rollouts(self.train_q, 1, 0.0, seed=0, scripted=scripted)
-        opt = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.warmup_lr)
-        self.policy.train()
-        order = list(range(len(demos)))
-        losses = []
-        pad = self.tokenizer.pad_token_id
-        for _ in range(self.cfg.warmup_epochs):
-            rng.shuffle(order)
-            for b in range(0, len(order), self.cfg.warmup_batch):
-                batch = [demos[i] for i in order[b : b + self.cfg.warmup_batch]]
-                length = max(len(e.response_ids) for e in batch)
-                lp = response_logprobs(self.policy, batch, length, pad)
-                mask = pad_right([e.response_mask for e in batch], length)
-                loss = -(lp * mask).sum() / mask.sum()
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
-                opt.step()
-                losses.append(loss.item())
-        self.policy.eval()
-        stats = {"warmup/loss_first": losses[0], "warmup/loss_last": losses[-1], "warmup/demos": len(demos)}
-        self.log(
-            f"[igpo-local] warm-up on {len(demos)} demonstrations: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+            demos += self.rollouts(self.train_q, 1, 0.0, seed=rep, scripted=scripted)
+        opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.warmup_lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.warmup_lr, total_steps=max(1, cfg.warmup_steps), pct_start=0.1
         )
-        return stats
+        self.policy.train()
+        pad = self.tokenizer.pad_token_id
+        losses = []
+        for _ in range(cfg.warmup_steps):
+            batch = rng.sample(demos, min(cfg.warmup_batch, len(demos)))
+            length = max(len(e.response_ids) for e in batch)
+            lp = response_logprobs(self.policy, batch, length, pad)
+            mask = pad_right([e.response_mask for e in batch], length)
+            loss = -(lp * mask).sum() / mask.sum()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        self.policy.eval()
+        if losses:
+            self.log(
+                f"[igpo-local] warm-up: {cfg.warmup_steps} steps on {len(demos)} demonstrations, "
+                f"loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}"
+            )
+        return {
+            "warmup/loss_first": losses[0] if losses else math.nan,
+            "warmup/loss_last": float(np.mean(losses[-10:])) if losses else math.nan,
+        }
 
     # -- one RL step --------------------------------------------------------------------------------
     def batch_questions(self, step: int):
