@@ -32,6 +32,7 @@ class HandlerProcess:
         port: port to bind (default: a free one).
         log_path: where the server's output goes (default: ``handler.log`` beside the corpus).
         extra_args: more ``serve`` arguments (e.g. ``["--no-cache"]``).
+        env: the child's environment (default: this process's).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class HandlerProcess:
         host: str = "127.0.0.1",
         log_path: str | Path | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.corpus = Path(corpus)
         if not self.corpus.exists():
@@ -49,6 +51,7 @@ class HandlerProcess:
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else self.corpus.parent / "handler.log"
         self.extra_args = list(extra_args or [])
+        self.env = dict(os.environ if env is None else env)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -72,7 +75,7 @@ class HandlerProcess:
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**self.env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         deadline = time.monotonic() + timeout_s

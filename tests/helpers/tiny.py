@@ -23,24 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-TAGS = (
-    "<think>",
-    "</think>",
-    "<tool_call>",
-    "</tool_call>",
-    "<tool_response>",
-    "</tool_response>",
-    "<answer>",
-    "</answer>",
+from igpo.local.tiny_policy import (  # the same tags and chat format as the embedded default
+    CHAT_TEMPLATE,
+    TAGS,
 )
-SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
-CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 _CORPUS = [
     "The capital of France is Paris. The capital of Australia is Canberra.",
