@@ -299,8 +299,13 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         metrics.cache_misses.labels(backend).inc(sum(1 for k in keys if k not in found))
         if missing:
             miss_keys = list(missing)
-            results = await run_backend(st.retriever.search, [normalize_query(missing[k]) for k in miss_keys], topk)
-            fresh = {k: json.dumps(hits, ensure_ascii=False) for k, hits in zip(miss_keys, results, strict=True)}
+            texts = [normalize_query(missing[k]) for k in miss_keys]
+            search_json = getattr(st.retriever, "search_json", None)
+            if search_json is not None:  # the backend serializes its hits itself (no dicts in between)
+                fresh = dict(zip(miss_keys, await run_backend(search_json, texts, topk), strict=True))
+            else:
+                results = await run_backend(st.retriever.search, texts, topk)
+                fresh = {k: json.dumps(hits, ensure_ascii=False) for k, hits in zip(miss_keys, results, strict=True)}
             found.update(fresh)
             await asyncio.get_running_loop().run_in_executor(st.executor, cache_put, fresh)
         metrics.queries.labels("/retrieve").inc(len(queries))

@@ -61,19 +61,34 @@ class DocStore:
 
     def __init__(self, directory: str | Path):
         d = Path(directory)
-        self._contents = np.load(d / "docs_contents.npy", mmap_mode="r")
-        self._contents_off = np.load(d / "docs_contents_off.npy", mmap_mode="r")
-        self._ids = np.load(d / "docs_ids.npy", mmap_mode="r")
-        self._ids_off = np.load(d / "docs_ids_off.npy", mmap_mode="r")
+        # Plain ndarray/memoryview views of the memory maps (np.memmap slicing runs Python code).
+        self._contents = memoryview(np.asarray(np.load(d / "docs_contents.npy", mmap_mode="r")))
+        self._contents_off = np.asarray(np.load(d / "docs_contents_off.npy", mmap_mode="r"))
+        self._ids = memoryview(np.asarray(np.load(d / "docs_ids.npy", mmap_mode="r")))
+        self._ids_off = np.asarray(np.load(d / "docs_ids_off.npy", mmap_mode="r"))
 
     def __len__(self) -> int:
         return len(self._contents_off) - 1
 
     def get(self, i: int) -> tuple[str, str]:
         """Return (id, contents) of document number ``i``."""
-        a, b = int(self._contents_off[i]), int(self._contents_off[i + 1])
-        c, e = int(self._ids_off[i]), int(self._ids_off[i + 1])
-        return bytes(self._ids[c:e]).decode("utf-8"), bytes(self._contents[a:b]).decode("utf-8")
+        return self.get_many([i])[0]
+
+    def get_many(self, docs: list[int]) -> list[tuple[str, str]]:
+        """``get`` for several documents."""
+        if not docs:
+            return []
+        n = len(self)
+        for i in docs:
+            if not -n <= i < n:
+                raise IndexError(f"document number {i} out of range (0..{n - 1})")
+        nxt = [i + 1 if i >= 0 else i + n + 1 for i in docs]
+        c0, c1 = self._contents_off[docs].tolist(), self._contents_off[nxt].tolist()
+        i0, i1 = self._ids_off[docs].tolist(), self._ids_off[nxt].tolist()
+        ids, con = self._ids, self._contents
+        return [
+            (str(ids[a:b], "utf-8"), str(con[c:e], "utf-8")) for a, b, c, e in zip(i0, i1, c0, c1, strict=True)
+        ]
 
     @staticmethod
     def write(directory: str | Path, ids: list[str], contents: list[str]) -> None:

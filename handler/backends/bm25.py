@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections import Counter
+from json.encoder import encode_basestring as _jstr  # C string escaper (ensure_ascii=False)
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +108,25 @@ def index_is_current(index_dir: str | Path, corpus: str | Path | None, cfg: Bm25
     return True
 
 
+class _Scratch(threading.local):
+    """Per-thread score accumulator (one float per document, kept all-zero between queries)."""
+
+    acc: np.ndarray | None = None
+
+
 class Bm25Retriever:
-    """Query-time BM25 over a memory-mapped index directory."""
+    """Query-time BM25 over a memory-mapped index directory.
+
+    Scores are exactly the sums of the index's precomputed per-token BM25 scores (bm25s's scoring);
+    ranking is by score, ties by document number. Long posting lists are mostly skipped with a
+    MaxScore-style bound (see ``_topk``), which never changes the answer.
+    """
 
     name = "bm25"
 
-    # Sparse accumulation (unique + bincount over postings) beats a dense score array when the
-    # query's postings are a small fraction of the corpus.
-    SPARSE_FRACTION = 0.05
+    # A term bound is only trusted to prune with this relative slack, so float rounding in the order
+    # of summation can never drop a document that could reach (or tie) the k-th score.
+    MARGIN = 1e-4
 
     def __init__(self, index_dir: str | Path):
         d = Path(index_dir)
@@ -122,9 +135,10 @@ class Bm25Retriever:
             raise FileNotFoundError(f"{str(d)!r} is not a BM25 index (no meta.json); build it with `python -m handler index`")
         self.meta = json.loads(meta_path.read_text())
         self.index_dir = d
-        self._data = np.load(d / "data.csc.index.npy", mmap_mode="r")
-        self._indices = np.load(d / "indices.csc.index.npy", mmap_mode="r")
-        self._indptr = np.asarray(np.load(d / "indptr.csc.index.npy", mmap_mode="r"))
+        # Plain ndarray views of the memory maps: slicing an np.memmap goes through Python code.
+        self._data = np.asarray(np.load(d / "data.csc.index.npy", mmap_mode="r"))
+        self._indices = np.asarray(np.load(d / "indices.csc.index.npy", mmap_mode="r"))
+        self._indptr = np.asarray(np.load(d / "indptr.csc.index.npy", mmap_mode="r"), dtype=np.int64)
         with open(d / "vocab.index.json", encoding="utf-8") as f:
             self._vocab: dict[str, int] = json.load(f)
         self.docs = DocStore(d)
@@ -133,6 +147,18 @@ class Bm25Retriever:
         self.tokenizer = Tokenizer(tk["stemmer"], tk["stopwords"])
         # Cache entries are tied to this exact index build, so a rebuilt index never serves stale hits.
         self.cache_tag = f"bm25@{self.meta.get('built_at', 0):.6f}"
+        # Per-token upper bound (largest posting score) for pruning; one pass over the data (~50 ms per
+        # 100M postings). Pruning assumes no negative term scores (true for the lucene/atire/bm25l/bm25+
+        # idf); an index with negative scores is always scored exhaustively.
+        ip = self._indptr
+        n_tok = len(ip) - 1
+        self._ub = np.zeros(n_tok, dtype=np.float32)
+        nonempty = ip[1:] > ip[:-1]
+        if len(self._data):
+            self._ub[nonempty] = np.maximum.reduceat(self._data, ip[:-1][nonempty])
+        self._prune_ok = bool(len(self._data) == 0 or float(np.min(self._data)) >= 0.0)
+        self._scratch = _Scratch()
+        self.pruned_queries = 0  # queries answered with pruning (the rest summed every posting)
 
     def __len__(self) -> int:
         return self.n_docs
@@ -148,35 +174,133 @@ class Bm25Retriever:
             "vocab_size": self.meta.get("vocab_size"),
         }
 
-    def _topk(self, token_ids: list[int], weights: list[float], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and scores of the k best documents (score > 0), best first, ties by doc number."""
-        ip = self._indptr
-        spans = [(int(ip[t]), int(ip[t + 1])) for t in token_ids]
-        total = sum(e - s for s, e in spans)
-        if total == 0:
-            return np.empty(0, np.int64), np.empty(0, np.float32)
-        if len(spans) == 1:
-            s, e = spans[0]
-            docs = np.asarray(self._indices[s:e])
-            scores = np.asarray(self._data[s:e], dtype=np.float32) * np.float32(weights[0])
-        elif total < self.SPARSE_FRACTION * self.n_docs:
-            all_docs = np.concatenate([self._indices[s:e] for s, e in spans])
-            all_scores = np.concatenate(
-                [np.asarray(self._data[s:e], dtype=np.float32) * np.float32(w) for (s, e), w in zip(spans, weights, strict=True)]
-            )
-            docs, inv = np.unique(all_docs, return_inverse=True)
-            scores = np.bincount(inv, weights=all_scores, minlength=len(docs)).astype(np.float32)
-        else:
-            dense = np.zeros(self.n_docs, dtype=np.float32)
-            for (s, e), w in zip(spans, weights, strict=True):
-                dense[self._indices[s:e]] += np.asarray(self._data[s:e], dtype=np.float32) * np.float32(w)
-            docs = np.flatnonzero(dense)
-            scores = dense[docs]
-        if len(docs) > k:
-            part = np.argpartition(-scores, k - 1)[:k]
-            docs, scores = docs[part], scores[part]
-        order = np.lexsort((docs, -scores))
+    # ------------------------------------------------------------------------------------- scoring
+    def _postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = int(self._indptr[t]), int(self._indptr[t + 1])
+        return self._indices[s:e], self._data[s:e]
+
+    def _lookup(self, t: int, w: np.float32, docs: np.ndarray) -> np.ndarray:
+        """Weighted score of token ``t`` for each of the sorted ``docs`` (0 where it does not occur)."""
+        lst, dat = self._postings(t)
+        if len(lst) == 0 or len(docs) == 0:
+            return np.zeros(len(docs), dtype=np.float32)
+        pos = np.searchsorted(lst, docs)
+        np.minimum(pos, len(lst) - 1, out=pos)
+        return np.where(lst[pos] == docs, dat[pos] * w, np.float32(0))
+
+    def _exact(self, terms: list[tuple[int, np.float32]], docs: np.ndarray) -> np.ndarray:
+        """Scores of sorted ``docs``, summed in query-token order (bit-identical to a dense sum)."""
+        total = np.zeros(len(docs), dtype=np.float32)
+        for t, w in terms:
+            total += self._lookup(t, w, docs)
+        return total
+
+    def _acc(self) -> np.ndarray:
+        acc = self._scratch.acc
+        if acc is None:
+            acc = self._scratch.acc = np.zeros(self.n_docs, dtype=np.float32)
+        return acc
+
+    def _scatter(self, terms: list[tuple[int, np.float32]]) -> tuple[np.ndarray, np.ndarray]:
+        """Sum the terms' postings (in the given order): documents (with repeats, one per posting)
+        and each one's total score."""
+        acc = self._acc()
+        parts = []
+        try:
+            for t, w in terms:
+                lst, dat = self._postings(t)
+                acc[lst] += dat * w  # a token's postings name each document once
+                parts.append(lst)
+            docs = np.concatenate(parts)
+            scores = acc[docs]
+        finally:
+            for lst in parts:
+                acc[lst] = 0
+        return docs, scores
+
+    @staticmethod
+    def _select(docs: np.ndarray, scores: np.ndarray, k: int, repeats: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best distinct documents, best first, ties by document number. A document may occur
+        up to ``repeats`` times (always with the same score)."""
+        m = k * repeats
+        if len(docs) > m:
+            top = np.argpartition(-scores, m - 1)[:m]
+            cand, first = np.unique(docs[top], return_index=True)
+            cand_scores = scores[top][first]
+            if len(cand) >= k:
+                kth = np.partition(cand_scores, len(cand) - k)[len(cand) - k]
+                keep = scores >= kth  # every document tied with the k-th, wherever the partition put it
+                docs, scores = docs[keep], scores[keep]
+        if repeats > 1:
+            docs, first = np.unique(docs, return_index=True)
+            scores = scores[first]
+        order = np.lexsort((docs, -scores))[:k]
         return docs[order], scores[order]
+
+    def _topk(self, token_ids: list[int], weights: list[float], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and scores of the k best documents (those containing a query token), best first,
+        ties by document number.
+
+        MaxScore-style pruning: the full scores of the shortest posting list's documents give a lower
+        bound ``theta`` on the k-th best score. Tokens whose bounds (largest posting) add up to less than
+        ``theta`` are "non-essential": a document containing only those cannot make the top k, so only
+        the essential tokens' postings are summed; the survivors are then looked up (binary search) in
+        the non-essential lists, dropping those whose bound falls below ``theta``, and the few left are
+        scored exactly in query order.
+        """
+        terms = [(t, np.float32(w)) for t, w in zip(token_ids, weights, strict=True)]
+        ip = self._indptr
+        lens = [int(ip[t + 1] - ip[t]) for t, _ in terms]
+        total = sum(lens)
+        if total == 0:
+            return np.empty(0, np.int32), np.empty(0, np.float32)
+        if len(terms) == 1:
+            docs, dat = self._postings(terms[0][0])
+            return self._select(docs, dat * terms[0][1], k, 1)
+        ok = [n for n in lens if n >= k]
+        seed_len = min(ok) if ok else 0
+        # Looking a seed document up costs a binary search per token; skip pruning when that is not cheap.
+        if not self._prune_ok or not ok or 4 * seed_len * len(terms) > total:
+            docs, scores = self._scatter(terms)
+            return self._select(docs, scores, k, len(terms))
+        seed = lens.index(seed_len)
+        seed_docs = self._postings(terms[seed][0])[0]
+        seed_scores = self._exact(terms, seed_docs)
+        theta = float(np.partition(seed_scores, len(seed_scores) - k)[len(seed_scores) - k])
+        floor = theta * (1.0 - self.MARGIN)
+        bounds = sorted((float(self._ub[t]) * float(w), i) for i, (t, w) in enumerate(terms))
+        rest = 0.0
+        non_essential: list[int] = []
+        for ub, i in bounds:
+            if rest + ub >= floor:
+                break
+            rest += ub
+            non_essential.append(i)
+        if not non_essential:
+            docs, scores = self._scatter(terms)
+            return self._select(docs, scores, k, len(terms))
+        self.pruned_queries += 1
+        skip = set(non_essential)
+        essential = [tw for i, tw in enumerate(terms) if i not in skip]
+        if len(essential) == 1:
+            docs, dat = self._postings(essential[0][0])
+            part = dat * essential[0][1]
+            keep = part + np.float32(rest) >= floor
+            docs, part = docs[keep], part[keep]
+        else:
+            docs, part = self._scatter(essential)
+            keep = part + np.float32(rest) >= floor
+            docs, first = np.unique(docs[keep], return_index=True)
+            part = part[keep][first]
+        for i in reversed(non_essential):  # largest bound first: prunes the most
+            if not len(docs):
+                break
+            t, w = terms[i]
+            part = part + self._lookup(t, w, docs)
+            rest -= float(self._ub[t]) * float(w)
+            keep = part + np.float32(max(rest, 0.0)) >= floor
+            docs, part = docs[keep], part[keep]
+        return self._select(docs, self._exact(terms, docs), k, 1)
 
     def token_ids(self, query: str) -> tuple[list[int], list[float]]:
         """Vocabulary ids of a query's tokens (unknown tokens dropped) with their repeat counts."""
@@ -189,15 +313,35 @@ class Bm25Retriever:
                 weights.append(float(c))
         return ids, weights
 
-    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
-        """Ranked hits per query, in the Search-R1 shape with scores."""
+    def _ranked(self, queries: list[str], topk: int) -> list[tuple[list[int], list[float]]]:
         out = []
         for q in queries:
             ids, w = self.token_ids(q)
-            docs, scores = self._topk(ids, w, topk) if ids else (np.empty(0, np.int64), np.empty(0))
+            if not ids:
+                out.append(([], []))
+                continue
+            docs, scores = self._topk(ids, w, topk)
+            out.append((docs.tolist(), scores.tolist()))
+        return out
+
+    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
+        """Ranked hits per query, in the Search-R1 shape with scores."""
+        out = []
+        for docs, scores in self._ranked(queries, topk):
             hits = []
-            for d, s in zip(docs.tolist(), scores.tolist(), strict=True):
-                doc_id, contents = self.docs.get(d)
+            for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True):
                 hits.append({"document": {"id": doc_id, "contents": contents}, "score": round(float(s), 6)})
             out.append(hits)
+        return out
+
+    def search_json(self, queries: list[str], topk: int) -> list[str]:
+        """The same hits as ``search``, each query's list already serialized as JSON text
+        (``json.dumps(search(...)[i], ensure_ascii=False)`` up to whitespace)."""
+        out = []
+        for docs, scores in self._ranked(queries, topk):
+            parts = [
+                f'{{"document":{{"id":{_jstr(doc_id)},"contents":{_jstr(contents)}}},"score":{round(s, 6)!r}}}'
+                for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True)
+            ]
+            out.append("[" + ",".join(parts) + "]")
         return out

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from handler.backends.bm25 import Bm25Retriever, build_index
@@ -49,20 +50,46 @@ def test_tokenizer_stems_and_drops_stopwords() -> None:
     assert tok.ids("running runs the run", vocab, cache) == [0, 0, 0]
 
 
-def test_bm25_sparse_and_dense_paths_agree(tmp_path) -> None:
+def _reference_topk(scores, k: int):
+    """Straightforward top k of a dense score array: documents with a nonzero score, by score then number."""
+    docs = np.flatnonzero(scores)
+    order = np.lexsort((docs, -scores[docs]))[:k]
+    return docs[order], scores[docs][order]
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_bm25_topk_equals_bm25s_reference(tmp_path, k: int) -> None:
+    """Pruned top k == bm25s's own dense scores ranked naively: same ids, same scores (to float rounding)."""
+    import bm25s
+
     corpus = generate_corpus(tmp_path / "c.jsonl", 3000, words_per_doc=40, vocab_size=3000, seed=3)
     build_index(corpus, tmp_path / "idx", show_progress=False)
     r = Bm25Retriever(tmp_path / "idx")
-    queries = [c.split("\n")[1].split()[:4] for _, c in list(iter_corpus(corpus))[:40]]
-    for words in queries:
-        ids, w = r.token_ids(" ".join(words))
-        r.SPARSE_FRACTION = 0.0
-        d1, s1 = r._topk(ids, w, 10)
-        r.SPARSE_FRACTION = 1e9
-        d2, s2 = r._topk(ids, w, 10)
-        assert d1.tolist() == d2.tolist()
-        assert s1 == pytest.approx(s2, rel=1e-5)
-        assert (s1[:-1] >= s1[1:]).all()
+    ref = bm25s.BM25.load(str(tmp_path / "idx"), mmap=False, show_progress=False)
+    docs = [c for _, c in iter_corpus(corpus)]
+    rng = np.random.default_rng(k)
+    queries = [" ".join(d.split("\n")[1].split()[:4]) for d in docs[:30]]
+    queries += [" ".join(rng.choice(docs[i].split(), size=5)) for i in rng.integers(0, len(docs), 30)]
+    queries += [docs[0].split("\n")[0], "vocabularyword" + docs[1][:20], queries[0] + " " + queries[0]]
+    for q in queries:
+        ids, w = r.token_ids(q)
+        if not ids:
+            continue
+        dense = ref.get_scores([t for t, c in zip(ids, w, strict=True) for _ in range(int(c))])
+        want_docs, want_scores = _reference_topk(dense, k)
+        got_docs, got_scores = r._topk(ids, w, k)
+        assert got_docs.tolist() == want_docs.tolist(), q
+        assert got_scores == pytest.approx(want_scores, rel=1e-5), q
+        # bit-identical to a float32 sum of the postings in query-token order
+        exact = np.zeros(len(r), np.float32)
+        for t, c in zip(ids, w, strict=True):
+            lst, dat = r._postings(t)
+            exact[lst] += dat * np.float32(c)
+        assert got_scores.tolist() == exact[got_docs].tolist()
+    assert r.pruned_queries > 20  # the pruned path is the one tested
+    hits = r.search(queries[:5], k)
+    assert [json.loads(j) for j in r.search_json(queries[:5], k)] == hits
+    assert all(h["document"]["contents"] == docs[int(h["document"]["id"])] for q in hits for h in q)
 
 
 def test_cache_ttl_and_concurrent_writers(tmp_path) -> None:
