@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1  # progress reaches logs and pipes as it happens
 
 ensure_installed() {
   if ! "$PY" -c "import igpo, verl, handler" >/dev/null 2>&1; then
