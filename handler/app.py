@@ -139,6 +139,53 @@ def _error(status: int, kind: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers={"x-error-kind": kind})
 
 
+class _Observe:
+    """Plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a memory stream per
+    request): refuses a declared body over the limit (413), answers an unhandled error with a JSON 500,
+    and records request count, latency and error kind per endpoint."""
+
+    def __init__(self, app: Any, cfg: HandlerConfig, metrics: Metrics):
+        self.app = app
+        self.limit = cfg.limits.max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        t0 = time.perf_counter()
+        status, kind, started = 500, "", False
+
+        async def observed_send(message: Any) -> None:
+            nonlocal status, kind, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"x-error-kind":
+                        kind = value.decode("latin-1")
+            await send(message)
+
+        length = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-length"), None)
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _error(413, "too_large", f"request body of {length} bytes exceeds the limit of "
+                         f"{self.limit} bytes")(scope, receive, observed_send)
+        else:
+            try:
+                await self.app(scope, receive, observed_send)
+            except Exception:  # a bug: answer 500 and keep serving
+                log.exception("unhandled error on %s", path)
+                if started:
+                    raise
+                await _error(500, "internal", "internal error")(scope, receive, observed_send)
+        m = self.metrics
+        m.requests.labels(path, str(status)).inc()
+        m.latency.labels(path).observe(time.perf_counter() - t0)
+        if status >= 400:
+            m.errors.labels(path, kind or ("client_error" if status < 500 else "server_error")).inc()
+
+
 # ----------------------------------------------------------------------------- the app
 class State:
     """Everything the routes share: config, backend, cache, HTTP client, executor, metrics."""
@@ -195,26 +242,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     async def _on_handler_error(request: Request, exc: HandlerError) -> JSONResponse:
         return _error(exc.status, exc.kind, exc.message)
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next: Any) -> Response:
-        path = request.url.path if request.url.path in ENDPOINTS else "other"
-        t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > cfg.limits.max_body_bytes):
-            resp: Response = _error(413, "too_large", f"request body of {length} bytes exceeds the limit of "
-                                    f"{cfg.limits.max_body_bytes} bytes")
-        else:
-            try:
-                resp = await call_next(request)
-            except Exception:  # a bug: answer 500 and keep serving
-                log.exception("unhandled error on %s", path)
-                resp = _error(500, "internal", "internal error")
-        metrics.requests.labels(path, str(resp.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - t0)
-        if resp.status_code >= 400:
-            kind = resp.headers.get("x-error-kind") or ("client_error" if resp.status_code < 500 else "server_error")
-            metrics.errors.labels(path, kind).inc()
-        return resp
+    app.add_middleware(_Observe, cfg=cfg, metrics=metrics)
 
     # -- helpers
     async def run_backend(fn: Any, *args: Any) -> Any:

@@ -145,3 +145,30 @@ def test_html_to_text_and_passage_picking() -> None:
     long = "\n".join([f"filler paragraph {i} " * 5 for i in range(50)] + ["the answer is Kepler in Prague"])
     picked = pick_passages(long, "Who was in Prague?", 200)
     assert "Kepler in Prague" in picked and len(picked) <= 200
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_unhandled_error_is_json_500_and_counted(tmp_path) -> None:
+    """The observing middleware turns a bug into a JSON 500, and counts it."""
+    from fastapi.testclient import TestClient
+
+    from handler.app import create_app
+
+    class Broken:
+        name = "bm25"
+
+        def __len__(self) -> int:
+            return 1
+
+        def info(self) -> dict:
+            raise RuntimeError("boom")
+
+    cfg = load_config(None, {"cache.path": str(tmp_path / "c.sqlite"), "web_enabled": False})
+    with TestClient(create_app(cfg, Broken()), raise_server_exceptions=False) as c:
+        r = c.get("/health")
+        assert r.status_code == 500 and r.json() == {"error": "internal", "detail": "internal error"}
+        r = c.post("/retrieve", content=b"{}", headers={"content-length": "999999999"})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        text = c.get("/metrics").text
+    assert 'handler_errors_total{endpoint="/health",kind="internal"} 1.0' in text
+    assert 'handler_requests_total{endpoint="/retrieve",status="413"} 1.0' in text
