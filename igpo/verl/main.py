@@ -54,6 +54,7 @@ def make_task_runner():
     class IGPOTaskRunner(base):  # type: ignore[misc, valid-type]
         def run(self, config: DictConfig) -> None:
             import igpo.verl  # noqa: F401  registers adv_estimator=igpo in this process
+            import igpo.verl.trainer  # noqa: F401  registers trainer.v1.trainer_mode=igpo
 
             super().run(config)
 
