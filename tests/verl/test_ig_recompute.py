@@ -410,3 +410,70 @@ def test_config_selects_the_igpo_trainer_and_engine():
     assert cfg.algorithm.igpo.ig_source == "recompute"
     algo = omega_conf_to_dataclass(compose_trainer(["algorithm.igpo.ig_source=none"]).algorithm)
     assert algo.igpo["ig_source"] == "none"
+
+
+def test_trainer_sets_the_copy_flag_for_the_old_log_prob_call_only(monkeypatch):
+    """The flag and the nested IG inputs reach verl's recompute; the flag is gone before the ref forward."""
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    import igpo.verl.trainer as tr
+    from tests.verl.test_config import compose_trainer
+
+    store: dict[str, dict] = {
+        "u_0_0": {
+            "prompts": rand(5, 1),
+            "responses": rand(14, 2),
+            "extra_fields": {"tool_turn_ends": [4, 9], "ground_truth": ["Paris"]},
+        },
+        "u_1_0": {
+            "prompts": rand(5, 1),
+            "responses": rand(6, 3),
+            "extra_fields": {"tool_turn_ends": [], "ground_truth": ["Paris"]},
+        },
+    }
+
+    def kv_batch_get(keys, partition_id, select_fields):
+        out = {}
+        for f in select_fields:
+            vals = [store[k][f] for k in keys]
+            out[f] = (
+                torch.nested.as_nested_tensor(vals, layout=torch.jagged)
+                if isinstance(vals[0], torch.Tensor)
+                else np.array(vals, dtype=object)
+            )
+        return out
+
+    def kv_batch_put(keys, partition_id, fields):
+        for f in fields.keys():
+            for k, v in zip(keys, fields[f].unbind(), strict=True):
+                store[k][f] = v
+        return None
+
+    seen = {}
+
+    def fake_recompute(self, batch, metrics):
+        seen["flag"] = batch.extra_info.get("igpo_with_copies")
+        seen["prefix_ends"] = [
+            store[k]["igpo_prefix_ends"].tolist() for k in batch.keys if "igpo_prefix_ends" in store[k]
+        ]
+        return batch
+
+    monkeypatch.setattr(tr, "tq", SimpleNamespace(kv_batch_get=kv_batch_get, kv_batch_put=kv_batch_put))
+    monkeypatch.setattr(PPOTrainer, "_compute_old_log_prob", fake_recompute)
+    trainer = object.__new__(tr.IGPOTrainer)
+    trainer.config = compose_trainer()
+    trainer.tokenizer = _Tok()
+    trainer.tokenizer.eos_token_id = 0
+    batch = KVBatchMeta(partition_id="train", keys=list(store), tags=[{}, {}], extra_info={})
+    trainer._compute_old_log_prob(batch, {})
+    assert seen == {"flag": True, "prefix_ends": [[5, 9, 14], [5]]}
+    assert "igpo_with_copies" not in batch.extra_info
+    assert trainer._igpo_state["active"] == [True, True]
+
+    seen.clear()
+    trainer.config = compose_trainer(["algorithm.igpo.ig_source=none"])
+    for k in store:
+        store[k].pop("igpo_prefix_ends")
+    trainer._compute_old_log_prob(batch, {})  # ig_source=none: plain recompute, no flag, no IG inputs
+    assert seen == {"flag": None, "prefix_ends": []}
