@@ -1,11 +1,14 @@
 """Persistent answer cache: SQLite in WAL mode, one connection per thread, TTL on read.
 
 Keys are ``backend | normalized query | topk``; values are the JSON text of the answer, so a cached
-/retrieve reply is assembled without re-parsing. Several server processes may share one file.
+/retrieve reply is assembled without re-parsing. Several server processes may share one file. Each
+process also keeps the most recently stored or read entries in memory (bounded; same TTL), which
+spares a SQLite query for hot keys.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -28,9 +31,11 @@ def cache_key(backend: str, query: str, topk: int) -> str:
 class Cache:
     """Thread-safe SQLite key -> JSON text store with a time-to-live."""
 
-    def __init__(self, path: str | Path, ttl_s: float):
+    def __init__(self, path: str | Path, ttl_s: float, memory_entries: int = 8192):
         self.path = str(path)
         self.ttl_s = ttl_s
+        self.memory_entries = memory_entries
+        self._mem: dict[str, tuple[str, float]] = {}  # key -> (value, created); oldest inserted first
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -52,6 +57,17 @@ class Cache:
             self._local.con = con
         return con
 
+    def _remember(self, rows: list[tuple[str, str, float]]) -> None:
+        """Keep entries in memory, dropping the oldest inserted beyond the bound (caller holds the lock)."""
+        mem = self._mem
+        for key, value, created in rows:
+            mem.pop(key, None)
+            mem[key] = (value, created)
+        excess = len(mem) - self.memory_entries
+        if excess > 0:
+            for key in list(itertools.islice(mem, excess)):
+                del mem[key]
+
     def get_many(self, keys: list[str], ttl_s: float | None = None) -> dict[str, str]:
         """Values of the keys present and younger than the TTL."""
         if not keys:
@@ -59,15 +75,27 @@ class Cache:
         ttl = self.ttl_s if ttl_s is None else ttl_s
         oldest = time.time() - ttl
         found: dict[str, str] = {}
-        con = self._con()
         uniq = list(dict.fromkeys(keys))
-        for start in range(0, len(uniq), 500):
-            part = uniq[start : start + 500]
-            marks = ",".join("?" * len(part))
-            rows = con.execute(
-                f"SELECT key, value FROM cache WHERE key IN ({marks}) AND created >= ?", (*part, oldest)
-            ).fetchall()
-            found.update(rows)
+        with self._lock:
+            mem = self._mem
+            for k in uniq:
+                hit = mem.get(k)
+                if hit is not None and hit[1] >= oldest:
+                    found[k] = hit[0]
+        rest = [k for k in uniq if k not in found] if found else uniq
+        if rest:
+            con = self._con()
+            rows: list[tuple[str, str, float]] = []
+            for start in range(0, len(rest), 500):
+                part = rest[start : start + 500]
+                marks = ",".join("?" * len(part))
+                rows += con.execute(
+                    f"SELECT key, value, created FROM cache WHERE key IN ({marks}) AND created >= ?", (*part, oldest)
+                ).fetchall()
+            found.update((k, v) for k, v, _ in rows)
+            if rows and self.memory_entries > 0:
+                with self._lock:
+                    self._remember(rows)
         with self._lock:
             self.hits += sum(1 for k in keys if k in found)
             self.misses += sum(1 for k in keys if k not in found)
@@ -89,10 +117,17 @@ class Cache:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        if self.memory_entries > 0:
+            with self._lock:
+                self._remember([(k, v, now) for k, v in items.items()])
 
     def purge_expired(self) -> int:
         """Delete entries older than the TTL; return how many."""
-        cur = self._con().execute("DELETE FROM cache WHERE created < ?", (time.time() - self.ttl_s,))
+        oldest = time.time() - self.ttl_s
+        with self._lock:
+            for key in [k for k, (_, created) in self._mem.items() if created < oldest]:
+                del self._mem[key]
+        cur = self._con().execute("DELETE FROM cache WHERE created < ?", (oldest,))
         return cur.rowcount
 
     def size(self) -> int:
@@ -115,6 +150,7 @@ class Cache:
             "hit_rate": round(self.hits / total, 4) if total else None,
             "errors": self.errors,
             "ttl_s": self.ttl_s,
+            "memory_entries": len(self._mem),
         }
 
     def close(self) -> None:

@@ -147,6 +147,24 @@ def test_html_to_text_and_passage_picking() -> None:
     assert "Kepler in Prague" in picked and len(picked) <= 200
 
 
+
+def test_cache_memory_layer_is_bounded_and_honours_ttl(tmp_path) -> None:
+    c = Cache(tmp_path / "m.sqlite", ttl_s=60, memory_entries=3)
+    c.put_many({f"k{i}": f"[{i}]" for i in range(5)})
+    assert list(c._mem) == ["k2", "k3", "k4"]  # oldest inserted dropped
+    c._con().execute("DELETE FROM cache WHERE key = 'k4'")
+    assert c.get_many(["k4"]) == {"k4": "[4]"}  # served from memory, no SQLite query
+    assert c.get_many(["k0", "k1"]) == {"k0": "[0]", "k1": "[1]"}  # from SQLite, now remembered
+    assert list(c._mem) == ["k4", "k0", "k1"]
+    time.sleep(0.05)
+    assert c.get_many(["k0", "k4"], ttl_s=0.01) == {}  # the per-call TTL applies to memory too
+    assert c.purge_expired() == 0 and len(c._mem) == 3
+    c.ttl_s = 0.01
+    assert c.purge_expired() == 4 and c._mem == {}
+    off = Cache(tmp_path / "m.sqlite", ttl_s=60, memory_entries=0)
+    off.put_many({"x": "[]"})
+    assert off.get_many(["x"]) == {"x": "[]"} and off._mem == {}
+
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_unhandled_error_is_json_500_and_counted(tmp_path) -> None:
     """The observing middleware turns a bug into a JSON 500, and counts it."""
