@@ -72,7 +72,7 @@ class LocalConfig:
     max_turn_tokens: int = 48
     max_tool_response_tokens: int = 96
     topk: int = 1
-    temperature: float = 1.0
+    temperature: float = 0.7
     # RL
     steps: int = 30
     prompts_per_step: int = 8
