@@ -451,12 +451,15 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _logits(model: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor | None, **kw) -> torch.Tensor:
-    """Logits ``(M, V)`` at packed positions ``keep`` (all positions when None) of a 1-row forward."""
+def _logits(
+    model: torch.nn.Module, ids: torch.Tensor, keep: torch.Tensor | None, temperature: float = 1.0, **kw
+) -> torch.Tensor:
+    """Logits ``(M, V)`` at packed positions ``keep`` (all positions when None) of a 1-row forward,
+    divided by ``temperature`` (the sampling temperature, as verl's log-prob recompute does)."""
     dev = _model_device(model)
     logits_to_keep = 0 if keep is None else keep.to(dev)
     out = model(input_ids=ids.reshape(1, -1).to(dev), use_cache=False, logits_to_keep=logits_to_keep, **kw)
-    return out.logits[0]
+    return out.logits[0] if temperature == 1.0 else out.logits[0] / temperature
 
 
 def split_outputs(
@@ -544,6 +547,7 @@ def packed_logprobs_with_copies(
     score_masks: Sequence[torch.Tensor],
     method: str = "vectorized",
     with_token_logprobs: bool = True,
+    temperature: float = 1.0,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Token log-probs of several trajectories and their per-turn answer log-probs in ONE forward.
 
@@ -562,6 +566,8 @@ def packed_logprobs_with_copies(
             forward per sequence for the token log-probs).
         with_token_logprobs: also return the trajectories' token log-probs (skips their LM-head
             work when False).
+        temperature: logits are divided by it before the log-softmax (the rollout's sampling
+            temperature, so the old log-probs are those of the policy that sampled).
 
     Gradients follow the caller's grad mode; the recompute step calls this under ``torch.no_grad()``.
     Returns:
@@ -571,9 +577,11 @@ def packed_logprobs_with_copies(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     app = _check_inputs(sequences, prefix_ends, copies, score_masks)
     if method == "naive":
-        return _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs)
+        return _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs, temperature)
 
     layout = build_copy_layout(
         [int(x.numel()) for x in sequences], prefix_ends, app, [int(c.numel()) for c in copies]
@@ -590,10 +598,10 @@ def packed_logprobs_with_copies(
         allowed = layout.dense_mask().to(dev)
         mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        logits = _logits(model, ids, keep, position_ids=pos, attention_mask=mask[None, None])
+        logits = _logits(model, ids, keep, temperature, position_ids=pos, attention_mask=mask[None, None])
     else:
         with copy_attention_enabled(model):
-            logits = _logits(model, ids, keep, position_ids=pos, attention_mask=None, igpo_layout=layout)
+            logits = _logits(model, ids, keep, temperature, position_ids=pos, attention_mask=None, igpo_layout=layout)
     rows = None
     if keep is not None:  # logits hold only the predictor rows: map packed index -> row
         rows = torch.full((layout.total_len,), -1, dtype=torch.long)
@@ -601,13 +609,13 @@ def packed_logprobs_with_copies(
     return split_outputs(layout, logits, sequences, copies, score_masks, with_token_logprobs, rows)
 
 
-def _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs):
+def _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs, temperature=1.0):
     tok, ans = [], []
     for i, x in enumerate(sequences):
         x = x.reshape(-1)
         n = x.numel()
         if with_token_logprobs:
-            lg = _logits(model, x, None)
+            lg = _logits(model, x, None, temperature)
             tok.append(token_logprobs(lg[:-1], x[1:]))
         a = app[i]
         c = copies[i].reshape(-1)
@@ -617,7 +625,7 @@ def _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_l
             if p < 1 or p > n or (t and p <= prefix_ends[i][t - 1]):
                 raise ValueError(f"prefix_ends[{i}][{t}] = {p} must increase strictly and lie in [1, {n}]")
             ids = torch.cat([x[:p], c[:a].to(x.device)])
-            lg = _logits(model, ids, torch.arange(p - 1, p + a))
+            lg = _logits(model, ids, torch.arange(p - 1, p + a), temperature)
             vals.append(token_logprobs(lg, c[: a + 1]))
         ans.append(_mean_scored(torch.stack(vals), score_masks[i].reshape(-1)[: a + 1].bool()))
     return tok, ans

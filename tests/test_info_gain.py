@@ -185,6 +185,27 @@ def test_naive_matches_definition():
             torch.testing.assert_close(got, expect, atol=ATOL, rtol=0)
 
 
+def test_temperature_scales_logits_in_every_method():
+    """Token and answer log-probs at temperature 2 are those of softmax(logits / 2), for every method."""
+    model = model_for("qwen2")
+    x, copy = rand_ids(16, 8), rand_ids(5, 9)
+    mask = torch.tensor([0, 1, 1, 0, 1], dtype=torch.bool)
+    pes = [4, 11]
+    with torch.no_grad():
+        plain = (model(input_ids=x[None]).logits[0] / 2.0).log_softmax(-1)
+        tok_expect = plain[:-1].gather(-1, x[1:, None]).squeeze(-1)
+        ans_expect = []
+        for p in pes:
+            lp = (model(input_ids=torch.cat([x[:p], copy])[None]).logits[0] / 2.0).log_softmax(-1)
+            ans_expect.append(torch.stack([lp[p - 1 + j, copy[j]] for j in range(5) if mask[j]]).mean())
+        for method in METHODS:
+            tok, ans = packed_logprobs_with_copies(model, [x], [pes], [copy], [mask], method, temperature=2.0)
+            torch.testing.assert_close(tok[0], tok_expect, atol=ATOL, rtol=0)
+            torch.testing.assert_close(ans[0], torch.stack(ans_expect), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="temperature"):
+        packed_logprobs_with_copies(model, [x], [pes], [copy], [mask], temperature=0.0)
+
+
 @pytest.mark.parametrize(
     "pes, mask",
     [

@@ -164,11 +164,13 @@ def pad_right(rows: Sequence[Sequence[float]], length: int, value: float = 0.0) 
 
 
 def sequence_logprobs(
-    model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int
+    model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, temperature: float = 1.0
 ) -> list[torch.Tensor]:
     """Log-prob of every next token of each sequence (``(n_i - 1,)``), one right-padded forward.
 
-    Gradients flow when called outside ``torch.no_grad``.
+    Logits are divided by ``temperature`` (the sampling temperature, as verl's actor does), so the
+    log-probs are those of the distribution the rollouts were drawn from. Gradients flow when called
+    outside ``torch.no_grad``.
     """
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -178,16 +180,18 @@ def sequence_logprobs(
         attn[i, : len(s)] = 1
     dev = next(model.parameters()).device
     logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
     lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(dev).unsqueeze(-1)).squeeze(-1)
     return [lp[i, : len(s) - 1] for i, s in enumerate(sequences)]
 
 
 def response_logprobs(
-    model: torch.nn.Module, episodes: Sequence[Episode], length: int, pad_id: int
+    model: torch.nn.Module, episodes: Sequence[Episode], length: int, pad_id: int, temperature: float = 1.0
 ) -> torch.Tensor:
     """``(bs, length)`` log-probs of the response tokens of each episode under ``model``."""
     seqs = [ep.prompt_ids + ep.response_ids for ep in episodes]
-    lps = sequence_logprobs(model, seqs, pad_id)
+    lps = sequence_logprobs(model, seqs, pad_id, temperature)
     out = torch.zeros(len(episodes), length, device=lps[0].device)
     for i, ep in enumerate(episodes):
         r = lps[i][len(ep.prompt_ids) - 1 :][:length]
@@ -469,6 +473,7 @@ class LocalEngine:
                     prefix[s : s + chunk],
                     copies[s : s + chunk],
                     masks[s : s + chunk],
+                    temperature=self.cfg.temperature,
                 )
                 for j, (lp, a) in enumerate(zip(tok_lp, ans, strict=True)):
                     ep = episodes[s + j]
@@ -502,7 +507,11 @@ class LocalEngine:
             ref_lp = torch.cat(
                 [
                     response_logprobs(
-                        self.ref, episodes[s : s + cfg.micro_batch], length, self.tokenizer.pad_token_id
+                        self.ref,
+                        episodes[s : s + cfg.micro_batch],
+                        length,
+                        self.tokenizer.pad_token_id,
+                        cfg.temperature,
                     )
                     for s in range(0, len(episodes), cfg.micro_batch)
                 ]
@@ -544,7 +553,9 @@ class LocalEngine:
         clipfrac = []
         for s in range(0, len(batch.episodes), cfg.micro_batch):
             sl = slice(s, s + cfg.micro_batch)
-            lp = response_logprobs(self.policy, batch.episodes[sl], length, self.tokenizer.pad_token_id)
+            lp = response_logprobs(
+                self.policy, batch.episodes[sl], length, self.tokenizer.pad_token_id, cfg.temperature
+            )
             pg, pg_m = loss_fn(batch.old_lp[sl], lp, batch.adv[sl], batch.mask[sl], cfg.loss_agg_mode, actor)
             kl_mat = core_algos.kl_penalty(lp, batch.ref_lp[sl], cfg.kl_type)
             kl = core_algos.agg_loss(kl_mat, batch.mask[sl], cfg.loss_agg_mode, batch_num_tokens=n_tokens)

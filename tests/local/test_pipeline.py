@@ -28,7 +28,7 @@ SMALL = [
     "micro_batch=16",
     "tensorboard=false",
     "progress=false",
-    "lr=0.001",
+    "lr=0.0001",
 ]
 
 
@@ -84,7 +84,11 @@ def test_old_log_probs_equal_the_policy_before_the_update(engine, first_batch):
 
     with torch.no_grad():
         lp = response_logprobs(
-            engine.policy, first_batch.episodes, first_batch.mask.shape[1], engine.tokenizer.pad_token_id
+            engine.policy,
+            first_batch.episodes,
+            first_batch.mask.shape[1],
+            engine.tokenizer.pad_token_id,
+            engine.cfg.temperature,
         )
     torch.testing.assert_close(
         lp * first_batch.mask, first_batch.old_lp * first_batch.mask, atol=2e-4, rtol=0
@@ -132,7 +136,13 @@ def test_updates_lower_the_loss_on_a_fixed_batch(engine, first_batch):
 
     def surrogate() -> float:
         with torch.no_grad():
-            lp = response_logprobs(engine.policy, b.episodes, b.mask.shape[1], engine.tokenizer.pad_token_id)
+            lp = response_logprobs(
+                engine.policy,
+                b.episodes,
+                b.mask.shape[1],
+                engine.tokenizer.pad_token_id,
+                engine.cfg.temperature,
+            )
         loss, _ = core_algos.get_policy_loss_fn("vanilla")(
             b.old_lp, lp, b.adv, b.mask, "token-mean", engine._actor_config(float(b.mask.sum()))
         )
