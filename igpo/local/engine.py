@@ -77,7 +77,7 @@ class LocalConfig:
     steps: int = 30
     prompts_per_step: int = 8
     group_size: int = 8
-    lr: float = 2e-4
+    lr: float = 5e-5
     clip_ratio: float = 0.2
     kl_coef: float = 0.001
     kl_type: str = "low_var_kl"
