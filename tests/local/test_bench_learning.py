@@ -33,3 +33,10 @@ def test_summary_goal():
     assert s["goal_met"] is True
     slow = {"train_f1": [0.1] * 9 + [0.5], "zero_adv_share": [0.1] * 10}
     assert bench.summarize({"f1": {0: grpo}, "f1+ig": {0: slow}}, k=1)["goal_met"] is False
+
+
+def test_summary_refuses_a_verdict_when_grpo_does_not_learn():
+    flat = {"train_f1": [0.2, 0.18, 0.15, 0.15], "zero_adv_share": [0.3] * 4}
+    igpo = {"train_f1": [0.2, 0.2, 0.2, 0.2], "zero_adv_share": [0.0] * 4}
+    s = bench.summarize({"f1": {0: flat}, "f1+ig": {0: igpo}}, k=1)
+    assert s["goal_met"] is None and "did not rise" in s["goal_note"]
