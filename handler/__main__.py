@@ -1,8 +1,8 @@
 """Command line: ``python -m handler serve`` and ``python -m handler index``.
 
-    python -m handler serve                                   # bundled sample corpus, 127.0.0.1:8000
-    python -m handler serve --corpus wiki18.jsonl --port 8000 # builds (or reuses) the BM25 index
-    python -m handler index wiki18.jsonl --out indexes/wiki18 # build only, with a progress bar
+python -m handler serve                                   # bundled sample corpus, 127.0.0.1:8000
+python -m handler serve --corpus wiki18.jsonl --port 8000 # builds (or reuses) the BM25 index
+python -m handler index wiki18.jsonl --out indexes/wiki18 # build only, with a progress bar
 """
 
 from __future__ import annotations
@@ -32,19 +32,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from handler.backends import prepare_index
 
-    cfg = _config(args, {
-        "corpus": args.corpus, "index_dir": args.index_dir, "backend": args.backend, "host": args.host,
-        "port": args.port, "workers": args.workers, "cache.path": args.cache,
-        "cache.enabled": False if args.no_cache else None, "log_level": args.log_level,
-    })
+    cfg = _config(
+        args,
+        {
+            "corpus": args.corpus,
+            "index_dir": args.index_dir,
+            "backend": args.backend,
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "cache.path": args.cache,
+            "cache.enabled": False if args.no_cache else None,
+            "log_level": args.log_level,
+        },
+    )
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = prepare_index(cfg, show_progress=sys.stderr.isatty())
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        logging.getLogger("handler").warning("binding %s: the handler is reachable from other machines", cfg.host)
+        logging.getLogger("handler").warning(
+            "binding %s: the handler is reachable from other machines", cfg.host
+        )
     os.environ["HANDLER_CONFIG_JSON"] = json.dumps(cfg.to_dict())
     uvicorn.run(
-        "handler.app:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
-        log_level=cfg.log_level, access_log=False, timeout_graceful_shutdown=5,
+        "handler.app:app_from_env",
+        factory=True,
+        host=cfg.host,
+        port=cfg.port,
+        workers=cfg.workers,
+        log_level=cfg.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
     )
     return 0
 
@@ -63,7 +80,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         meta = build_dense_index(args.corpus, args.out, cfg.dense, show_progress=True)
     else:
         raise ConfigError(f"backend {cfg.backend!r} has no index")
-    print(json.dumps({"index_dir": args.out, **{k: meta[k] for k in ("n_docs", "build_seconds") if k in meta}}))
+    print(
+        json.dumps({"index_dir": args.out, **{k: meta[k] for k in ("n_docs", "build_seconds") if k in meta}})
+    )
     return 0
 
 

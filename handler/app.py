@@ -69,15 +69,28 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("handler_requests_total", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.requests = Counter(
+            "handler_requests_total", "HTTP requests", ["endpoint", "status"], registry=self.registry
+        )
         self.latency = Histogram(
-            "handler_request_latency_seconds", "Request latency", ["endpoint"], registry=self.registry,
+            "handler_request_latency_seconds",
+            "Request latency",
+            ["endpoint"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.errors = Counter("handler_errors_total", "Errors by kind", ["endpoint", "kind"], registry=self.registry)
-        self.queries = Counter("handler_queries_total", "Queries answered", ["endpoint"], registry=self.registry)
-        self.cache_hits = Counter("handler_cache_hits_total", "Cache hits", ["backend"], registry=self.registry)
-        self.cache_misses = Counter("handler_cache_misses_total", "Cache misses", ["backend"], registry=self.registry)
+        self.errors = Counter(
+            "handler_errors_total", "Errors by kind", ["endpoint", "kind"], registry=self.registry
+        )
+        self.queries = Counter(
+            "handler_queries_total", "Queries answered", ["endpoint"], registry=self.registry
+        )
+        self.cache_hits = Counter(
+            "handler_cache_hits_total", "Cache hits", ["backend"], registry=self.registry
+        )
+        self.cache_misses = Counter(
+            "handler_cache_misses_total", "Cache misses", ["backend"], registry=self.registry
+        )
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -119,7 +132,9 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
     async for chunk in request.stream():
         buf += chunk
         if len(buf) > max_bytes:
-            raise HandlerError(f"request body exceeds the limit of {max_bytes} bytes", status=413, kind="too_large")
+            raise HandlerError(
+                f"request body exceeds the limit of {max_bytes} bytes", status=413, kind="too_large"
+            )
     raw = bytes(buf)
     if not raw.strip():
         raise HandlerError("empty request body: send a JSON object", status=400, kind="bad_json")
@@ -169,8 +184,9 @@ class _Observe:
 
         length = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-length"), None)
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _error(413, "too_large", f"request body of {length} bytes exceeds the limit of "
-                         f"{self.limit} bytes")(scope, receive, observed_send)
+            await _error(
+                413, "too_large", f"request body of {length} bytes exceeds the limit of {self.limit} bytes"
+            )(scope, receive, observed_send)
         else:
             try:
                 await self.app(scope, receive, observed_send)
@@ -252,7 +268,9 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         try:
             return await asyncio.wait_for(fut, cfg.retrieve_timeout_s)
         except TimeoutError:
-            raise BackendTimeout(f"{cfg.backend} backend did not answer within {cfg.retrieve_timeout_s:g}s") from None
+            raise BackendTimeout(
+                f"{cfg.backend} backend did not answer within {cfg.retrieve_timeout_s:g}s"
+            ) from None
         except HandlerError:
             raise
         except Exception as e:
@@ -333,7 +351,10 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
                 fresh = dict(zip(miss_keys, await run_backend(search_json, texts, topk), strict=True))
             else:
                 results = await run_backend(st.retriever.search, texts, topk)
-                fresh = {k: json.dumps(hits, ensure_ascii=False) for k, hits in zip(miss_keys, results, strict=True)}
+                fresh = {
+                    k: json.dumps(hits, ensure_ascii=False)
+                    for k, hits in zip(miss_keys, results, strict=True)
+                }
             found.update(fresh)
             await asyncio.get_running_loop().run_in_executor(st.executor, cache_put, fresh)
         metrics.queries.labels("/retrieve").inc(len(queries))
@@ -387,17 +408,25 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         if not req.url_list:
             raise BadInput("field 'url_list' is empty: give at least one URL")
         if len(req.url_list) > lim.max_urls:
-            raise BadInput(f"field 'url_list' has {len(req.url_list)} URLs; at most {lim.max_urls} per request")
+            raise BadInput(
+                f"field 'url_list' has {len(req.url_list)} URLs; at most {lim.max_urls} per request"
+            )
         for i, u in enumerate(req.url_list):
             if not u.strip():
                 raise BadInput(f"field 'url_list[{i}]' is empty")
             if len(u) > lim.max_url_chars:
-                raise BadInput(f"field 'url_list[{i}]' is {len(u)} characters long; at most {lim.max_url_chars}")
+                raise BadInput(
+                    f"field 'url_list[{i}]' is {len(u)} characters long; at most {lim.max_url_chars}"
+                )
         if len(req.question) > lim.max_question_chars:
-            raise BadInput(f"field 'question' is {len(req.question)} characters long; at most {lim.max_question_chars}")
+            raise BadInput(
+                f"field 'question' is {len(req.question)} characters long; at most {lim.max_question_chars}"
+            )
         pages = await st.reader.read([u.strip() for u in req.url_list], req.question)
         if not any(p.ok for p in pages):
-            raise BackendFailure("no page could be read: " + "; ".join(f"{p.url[:100]}: {p.error}" for p in pages))
+            raise BackendFailure(
+                "no page could be read: " + "; ".join(f"{p.url[:100]}: {p.error}" for p in pages)
+            )
         metrics.queries.labels("/tools/browse_webpage").inc(len(pages))
         return {
             "result": "\n\n".join(p.render() for p in pages),

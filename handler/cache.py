@@ -90,7 +90,8 @@ class Cache:
                 part = rest[start : start + 500]
                 marks = ",".join("?" * len(part))
                 rows += con.execute(
-                    f"SELECT key, value, created FROM cache WHERE key IN ({marks}) AND created >= ?", (*part, oldest)
+                    f"SELECT key, value, created FROM cache WHERE key IN ({marks}) AND created >= ?",
+                    (*part, oldest),
                 ).fetchall()
             found.update((k, v) for k, v, _ in rows)
             if rows and self.memory_entries > 0:

@@ -87,7 +87,9 @@ class HandlerClient:
         self.backoff_s = backoff_s
         self.topk = topk
         self._rr = itertools.cycle(range(len(self.urls)))
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
         self._client: httpx.AsyncClient | None = None
         self.errors = 0  # failed calls, for the caller's metrics
 
@@ -132,7 +134,9 @@ class HandlerClient:
 
     async def retrieve(self, queries: list[str], topk: int | None = None) -> list[list[dict[str, Any]]]:
         """Ranked hits ``{"document": {"id", "contents"}, "score"}`` per query; raises HandlerError."""
-        data = await self._post("/retrieve", {"queries": list(queries), "topk": topk or self.topk, "return_scores": True})
+        data = await self._post(
+            "/retrieve", {"queries": list(queries), "topk": topk or self.topk, "return_scores": True}
+        )
         result = data.get("result") if isinstance(data, dict) else None
         if not isinstance(result, list) or len(result) != len(queries):
             self.errors += 1

@@ -194,7 +194,9 @@ def validate(cfg: HandlerConfig) -> HandlerConfig:
     return cfg
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> HandlerConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> HandlerConfig:
     """Load YAML (optional), then apply dotted-key overrides such as ``{"bm25.k1": 1.2, "port": 9000}``."""
     cfg = HandlerConfig()
     if path:

@@ -40,7 +40,7 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[str, str]]:
                 contents = row["contents"]
             elif "text" in row:
                 title = row.get("title") or ""
-                contents = f"\"{title}\"\n{row['text']}" if title else row["text"]
+                contents = f'"{title}"\n{row["text"]}' if title else row["text"]
             else:
                 raise CorpusError(f"{path}:{lineno}: missing field 'contents' (or 'title' + 'text')")
             if not isinstance(contents, str):
@@ -87,7 +87,8 @@ class DocStore:
         i0, i1 = self._ids_off[docs].tolist(), self._ids_off[nxt].tolist()
         ids, con = self._ids, self._contents
         return [
-            (str(ids[a:b], "utf-8"), str(con[c:e], "utf-8")) for a, b, c, e in zip(i0, i1, c0, c1, strict=True)
+            (str(ids[a:b], "utf-8"), str(con[c:e], "utf-8"))
+            for a, b, c, e in zip(i0, i1, c0, c1, strict=True)
         ]
 
     @staticmethod
@@ -225,7 +226,9 @@ def generate_corpus(
     return path
 
 
-def sample_queries(path: str | Path, n: int, words: int = 4, seed: int = 1, max_docs: int = 50_000) -> list[str]:
+def sample_queries(
+    path: str | Path, n: int, words: int = 4, seed: int = 1, max_docs: int = 50_000
+) -> list[str]:
     """Questions made of a title word plus distinct words taken from random passages of a corpus.
 
     Words are drawn from the passage's distinct words (not its tokens), which favours the rarer,

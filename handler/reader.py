@@ -108,8 +108,9 @@ def html_to_text(html: str, url: str = "") -> str:
     """Main text of an HTML page (trafilatura), falling back to all visible text."""
     import trafilatura
 
-    text = trafilatura.extract(html, url=url or None, include_comments=False, include_tables=True,
-                               favor_recall=True)
+    text = trafilatura.extract(
+        html, url=url or None, include_comments=False, include_tables=True, favor_recall=True
+    )
     if not text:
         import lxml.html
 
@@ -129,7 +130,9 @@ def pick_passages(text: str, question: str, max_chars: int) -> str:
         return text
     paras = [p for p in text.split("\n") if p.strip()]
     qwords = {w for w in re.findall(r"\w\w+", question.lower())}
-    scored = sorted(range(len(paras)), key=lambda i: -len(qwords & set(re.findall(r"\w\w+", paras[i].lower()))))
+    scored = sorted(
+        range(len(paras)), key=lambda i: -len(qwords & set(re.findall(r"\w\w+", paras[i].lower())))
+    )
     keep, total = set(), 0
     for i in scored:
         if total + len(paras[i]) > max_chars and keep:
@@ -160,8 +163,14 @@ class Reader:
             await self.guard.check(cur, field)
             try:
                 async with self.client.stream(
-                    "GET", cur, timeout=self.cfg.timeout_s, follow_redirects=False,
-                    headers={"User-Agent": self.cfg.user_agent, "Accept": "text/html,text/plain;q=0.9,*/*;q=0.1"},
+                    "GET",
+                    cur,
+                    timeout=self.cfg.timeout_s,
+                    follow_redirects=False,
+                    headers={
+                        "User-Agent": self.cfg.user_agent,
+                        "Accept": "text/html,text/plain;q=0.9,*/*;q=0.1",
+                    },
                 ) as resp:
                     if resp.is_redirect:
                         loc = resp.headers.get("location")
@@ -189,7 +198,11 @@ class Reader:
                 raise ValueError(f"{type(e).__name__}: {e}"[:200]) from None
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)
-            text = html_to_text(raw, cur) if ("html" in ctype or (not ctype and "<html" in raw[:2000].lower())) else raw
+            text = (
+                html_to_text(raw, cur)
+                if ("html" in ctype or (not ctype and "<html" in raw[:2000].lower()))
+                else raw
+            )
             return cur, text
         raise ValueError(f"more than {self.cfg.max_redirects} redirects")
 
@@ -203,10 +216,20 @@ class Reader:
             f"--- page text ---\n{chunk}"
         )
         resp = await request_with_retry(
-            self.client, "POST", llm.base_url.rstrip("/") + "/chat/completions", what="reader LLM",
-            timeout_s=llm.timeout_s, max_retries=llm.max_retries, backoff_s=llm.backoff_s, headers=headers,
-            json={"model": llm.model, "messages": [{"role": "user", "content": prompt}],
-                  "max_tokens": llm.max_tokens, "temperature": 0.0},
+            self.client,
+            "POST",
+            llm.base_url.rstrip("/") + "/chat/completions",
+            what="reader LLM",
+            timeout_s=llm.timeout_s,
+            max_retries=llm.max_retries,
+            backoff_s=llm.backoff_s,
+            headers=headers,
+            json={
+                "model": llm.model,
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": llm.max_tokens,
+                "temperature": 0.0,
+            },
         )
         try:
             content = resp.json()["choices"][0]["message"]["content"]
@@ -245,7 +268,8 @@ class Reader:
             except LookupError:
                 pass  # reported per page below
         results = await asyncio.gather(
-            *(self.read_one(u, question, f"url_list[{i}]") for i, u in enumerate(urls)), return_exceptions=True
+            *(self.read_one(u, question, f"url_list[{i}]") for i, u in enumerate(urls)),
+            return_exceptions=True,
         )
         pages: list[Page] = []
         for r in results:

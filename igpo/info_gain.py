@@ -581,7 +581,9 @@ def packed_logprobs_with_copies(
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     app = _check_inputs(sequences, prefix_ends, copies, score_masks)
     if method == "naive":
-        return _naive(model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs, temperature)
+        return _naive(
+            model, sequences, prefix_ends, copies, score_masks, app, with_token_logprobs, temperature
+        )
 
     layout = build_copy_layout(
         [int(x.numel()) for x in sequences], prefix_ends, app, [int(c.numel()) for c in copies]
@@ -601,7 +603,9 @@ def packed_logprobs_with_copies(
         logits = _logits(model, ids, keep, temperature, position_ids=pos, attention_mask=mask[None, None])
     else:
         with copy_attention_enabled(model):
-            logits = _logits(model, ids, keep, temperature, position_ids=pos, attention_mask=None, igpo_layout=layout)
+            logits = _logits(
+                model, ids, keep, temperature, position_ids=pos, attention_mask=None, igpo_layout=layout
+            )
     rows = None
     if keep is not None:  # logits hold only the predictor rows: map packed index -> row
         rows = torch.full((layout.total_len,), -1, dtype=torch.long)

@@ -46,7 +46,9 @@ def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "cache.sqlite")
 
 
-async def _run_load(url: str, queries: list[str], batch: int, concurrency: int, topk: int) -> dict[str, float]:
+async def _run_load(
+    url: str, queries: list[str], batch: int, concurrency: int, topk: int
+) -> dict[str, float]:
     batches = [queries[i : i + batch] for i in range(0, len(queries), batch)]
     lat: list[float] = []
     errors = 0
@@ -58,7 +60,9 @@ async def _run_load(url: str, queries: list[str], batch: int, concurrency: int, 
             nonlocal errors
             for b in it:
                 t0 = time.perf_counter()
-                r = await client.post(url + "/retrieve", json={"queries": b, "topk": topk, "return_scores": True})
+                r = await client.post(
+                    url + "/retrieve", json={"queries": b, "topk": topk, "return_scores": True}
+                )
                 lat.append(time.perf_counter() - t0)
                 if r.status_code != 200 or len(r.json()["result"]) != len(b):
                     errors += 1
@@ -77,8 +81,16 @@ async def _run_load(url: str, queries: list[str], batch: int, concurrency: int, 
     }
 
 
-def bench_size(n_docs: int, work: Path, n_queries: int, workers: int, concurrency: int, topk: int,
-               keep: bool, rebuild: bool = False) -> dict[str, object]:
+def bench_size(
+    n_docs: int,
+    work: Path,
+    n_queries: int,
+    workers: int,
+    concurrency: int,
+    topk: int,
+    keep: bool,
+    rebuild: bool = False,
+) -> dict[str, object]:
     corpus = work / f"corpus_{n_docs}.jsonl"
     t0 = time.time()
     if not corpus.exists():
@@ -88,8 +100,12 @@ def bench_size(n_docs: int, work: Path, n_queries: int, workers: int, concurrenc
     t0 = time.time()
     build_s: float | None = None
     if rebuild or not index_is_current(index, corpus, load_config(REPO / "configs/handler.yaml").bm25):
-        subprocess.run([sys.executable, "-m", "handler", "index", str(corpus), "--out", str(index)], cwd=REPO,
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "handler", "index", str(corpus), "--out", str(index)],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         build_s = round(time.time() - t0, 1)
     queries = sample_queries(corpus, n_queries, seed=n_docs)
     port = _free_port()
@@ -99,9 +115,27 @@ def bench_size(n_docs: int, work: Path, n_queries: int, workers: int, concurrenc
     log = open(work / f"serve_{n_docs}.log", "w")
     t_start = time.time()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "handler", "serve", "--index-dir", str(index), "--port", str(port), "--workers",
-         str(workers), "--cache", str(cache), "--log-level", "warning", "--config", str(REPO / "configs/handler.yaml")],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "handler",
+            "serve",
+            "--index-dir",
+            str(index),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--cache",
+            str(cache),
+            "--log-level",
+            "warning",
+            "--config",
+            str(REPO / "configs/handler.yaml"),
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -146,7 +180,9 @@ def main() -> int:
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--workdir", help="keep corpora/indexes here (default: a temp dir, removed)")
     p.add_argument("--quick", action="store_true", help="20k passages, 640 queries")
-    p.add_argument("--rebuild", action="store_true", help="rebuild indexes even when --workdir has current ones")
+    p.add_argument(
+        "--rebuild", action="store_true", help="rebuild indexes even when --workdir has current ones"
+    )
     p.add_argument("--json", action="store_true", help="print JSON only")
     args = p.parse_args()
     sizes = [20_000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
@@ -154,16 +190,33 @@ def main() -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_handler_"))
     work.mkdir(parents=True, exist_ok=True)
     results = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
-        "settings": {"batch": 32, "topk": args.topk, "server_workers": args.workers,
-                     "client_concurrency": args.concurrency, "queries_per_size": n_queries},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
+        "settings": {
+            "batch": 32,
+            "topk": args.topk,
+            "server_workers": args.workers,
+            "client_concurrency": args.concurrency,
+            "queries_per_size": n_queries,
+        },
         "runs": [],
     }
     try:
         for n in sizes:
-            r = bench_size(n, work, n_queries, args.workers, args.concurrency, args.topk, keep=bool(args.workdir),
-                            rebuild=args.rebuild)
+            r = bench_size(
+                n,
+                work,
+                n_queries,
+                args.workers,
+                args.concurrency,
+                args.topk,
+                keep=bool(args.workdir),
+                rebuild=args.rebuild,
+            )
             results["runs"].append(r)
             if not args.json:
                 print(json.dumps(r), file=sys.stderr)

@@ -31,7 +31,11 @@ def resolve_paths(cfg: HandlerConfig) -> HandlerConfig:
         cfg.corpus = str(BUNDLED_CORPUS)
     if not cfg.index_dir:
         corpus = Path(cfg.corpus)
-        base = corpus.parent if corpus.parent != BUNDLED_CORPUS.parent else Path.home() / ".cache" / "igpo-handler"
+        base = (
+            corpus.parent
+            if corpus.parent != BUNDLED_CORPUS.parent
+            else Path.home() / ".cache" / "igpo-handler"
+        )
         cfg.index_dir = str(base / f"{corpus.stem}.{cfg.backend}-index")
     return cfg
 
@@ -45,7 +49,9 @@ def prepare_index(cfg: HandlerConfig, show_progress: bool = True) -> HandlerConf
         if index_is_current(cfg.index_dir, cfg.corpus or None, cfg.bm25):
             log.info("reusing BM25 index %s", cfg.index_dir)
         elif not cfg.corpus:
-            raise FileNotFoundError(f"no usable BM25 index in {cfg.index_dir!r} and no corpus given to build one")
+            raise FileNotFoundError(
+                f"no usable BM25 index in {cfg.index_dir!r} and no corpus given to build one"
+            )
         else:
             log.info("building BM25 index of %s into %s", cfg.corpus, cfg.index_dir)
             build_index(cfg.corpus, cfg.index_dir, cfg.bm25, show_progress=show_progress)

@@ -132,7 +132,9 @@ class Bm25Retriever:
         d = Path(index_dir)
         meta_path = d / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{str(d)!r} is not a BM25 index (no meta.json); build it with `python -m handler index`")
+            raise FileNotFoundError(
+                f"{str(d)!r} is not a BM25 index (no meta.json); build it with `python -m handler index`"
+            )
         self.meta = json.loads(meta_path.read_text())
         self.index_dir = d
         # Plain ndarray views of the memory maps: slicing an np.memmap goes through Python code.

@@ -27,13 +27,17 @@ FORMAT = "igpo-dense-v1"
 def resolve_model_path(spec: str) -> str:
     """A local model directory, or the directory an installed model package points to."""
     if not spec:
-        raise ValueError("config key 'dense.model_path' is empty: give a local sentence-transformers directory")
+        raise ValueError(
+            "config key 'dense.model_path' is empty: give a local sentence-transformers directory"
+        )
     if Path(spec).is_dir():
         return str(Path(spec).resolve())
     try:
         mod = importlib.import_module(spec.replace("-", "_"))
     except ImportError:
-        raise ValueError(f"config key 'dense.model_path': {spec!r} is neither a directory nor an installed package") from None
+        raise ValueError(
+            f"config key 'dense.model_path': {spec!r} is neither a directory nor an installed package"
+        ) from None
     getter = getattr(mod, "get_model_path", None)
     if getter is None:
         raise ValueError(f"config key 'dense.model_path': package {spec!r} has no get_model_path()")
@@ -72,8 +76,13 @@ def build_dense_index(
     if not ids:
         raise ValueError(f"corpus {str(corpus)!r} has no documents")
     model = _encoder(cfg)
-    emb = model.encode(contents, batch_size=cfg.batch_size, show_progress_bar=show_progress,
-                       normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    emb = model.encode(
+        contents,
+        batch_size=cfg.batch_size,
+        show_progress_bar=show_progress,
+        normalize_embeddings=True,
+        convert_to_numpy=True,
+    ).astype(np.float32)
     dim = emb.shape[1]
     if cfg.index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -83,8 +92,14 @@ def build_dense_index(
     faiss.write_index(index, str(tmp / "faiss.index"))
     DocStore.write(tmp, ids, contents)
     meta = {
-        "format": FORMAT, "backend": "dense", "n_docs": len(ids), "dim": dim, "built_at": time.time(),
-        "build_seconds": round(time.time() - t0, 3), "corpus": corpus_fingerprint(corpus), "dense": _settings(cfg),
+        "format": FORMAT,
+        "backend": "dense",
+        "n_docs": len(ids),
+        "dim": dim,
+        "built_at": time.time(),
+        "build_seconds": round(time.time() - t0, 3),
+        "corpus": corpus_fingerprint(corpus),
+        "dense": _settings(cfg),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -128,7 +143,9 @@ class DenseRetriever:
     def info(self) -> dict[str, Any]:
         """Facts for /health."""
         return {
-            "backend": self.name, "corpus_size": len(self.docs), "index_dir": str(self.index_dir),
+            "backend": self.name,
+            "corpus_size": len(self.docs),
+            "index_dir": str(self.index_dir),
             "index_built_at": self.meta.get("built_at"),
             "index_age_s": round(time.time() - float(self.meta.get("built_at", time.time())), 1),
             "index_type": self.meta["dense"]["index_type"],

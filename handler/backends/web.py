@@ -36,25 +36,49 @@ class WebSearch:
         if not key:
             env = self.cfg.serper_key_env if self.cfg.engine == "serper" else self.cfg.bing_key_env
             raise Unavailable(f"web search is not configured: set the environment variable {env}")
-        common = dict(timeout_s=self.cfg.timeout_s, max_retries=self.cfg.max_retries, backoff_s=self.cfg.backoff_s)
+        common = dict(
+            timeout_s=self.cfg.timeout_s, max_retries=self.cfg.max_retries, backoff_s=self.cfg.backoff_s
+        )
         if self.cfg.engine == "serper":
             resp = await request_with_retry(
-                self.client, "POST", self.cfg.serper_url, what="serper web search",
+                self.client,
+                "POST",
+                self.cfg.serper_url,
+                what="serper web search",
                 headers={"X-API-KEY": key, "Content-Type": "application/json"},
-                json={"q": query, "num": num}, **common,
+                json={"q": query, "num": num},
+                **common,
             )
             items = _json(resp, "serper").get("organic") or []
-            hits = [{"title": str(i.get("title", "")), "url": str(i.get("link", "")),
-                     "snippet": str(i.get("snippet", ""))} for i in items if isinstance(i, dict)]
+            hits = [
+                {
+                    "title": str(i.get("title", "")),
+                    "url": str(i.get("link", "")),
+                    "snippet": str(i.get("snippet", "")),
+                }
+                for i in items
+                if isinstance(i, dict)
+            ]
         else:
             resp = await request_with_retry(
-                self.client, "GET", self.cfg.bing_url, what="bing web search",
+                self.client,
+                "GET",
+                self.cfg.bing_url,
+                what="bing web search",
                 headers={"Ocp-Apim-Subscription-Key": key},
-                params={"q": query, "count": num, "textDecorations": "false", "textFormat": "Raw"}, **common,
+                params={"q": query, "count": num, "textDecorations": "false", "textFormat": "Raw"},
+                **common,
             )
             items = ((_json(resp, "bing").get("webPages") or {}).get("value")) or []
-            hits = [{"title": str(i.get("name", "")), "url": str(i.get("url", "")),
-                     "snippet": str(i.get("snippet", ""))} for i in items if isinstance(i, dict)]
+            hits = [
+                {
+                    "title": str(i.get("name", "")),
+                    "url": str(i.get("url", "")),
+                    "snippet": str(i.get("snippet", "")),
+                }
+                for i in items
+                if isinstance(i, dict)
+            ]
         return hits[:num]
 
 

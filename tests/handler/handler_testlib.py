@@ -66,7 +66,9 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *a: object) -> None:  # keep test output clean
             pass
 
-        def _send(self, code: int, body: bytes | str, ctype: str = "application/json", extra: dict | None = None) -> None:
+        def _send(
+            self, code: int, body: bytes | str, ctype: str = "application/json", extra: dict | None = None
+        ) -> None:
             data = body.encode() if isinstance(body, str) else body
             self.send_response(code)
             self.send_header("Content-Type", ctype)
@@ -98,7 +100,11 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
                 if "FAIL500" in q:
                     return self._send(500, json.dumps({"message": "internal"}))
                 organic = [
-                    {"title": f"{q} result {i}", "link": f"https://example.com/{i}", "snippet": f"About {q}, part {i}."}
+                    {
+                        "title": f"{q} result {i}",
+                        "link": f"https://example.com/{i}",
+                        "snippet": f"About {q}, part {i}.",
+                    }
                     for i in range(1, body.get("num", 5) + 1)
                 ]
                 return self._send(200, json.dumps({"searchParameters": {"q": q}, "organic": organic}))
@@ -115,7 +121,9 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
                     return self._send(500, "{}")
                 else:
                     answer = "NONE"
-                return self._send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}))
+                return self._send(
+                    200, json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]})
+                )
             return self._send(404, "{}")
 
         def do_GET(self) -> None:  # noqa: N802
@@ -128,8 +136,10 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Ocp-Apim-Subscription-Key") != BING_KEY:
                     return self._send(401, json.dumps({"error": "denied"}))
                 count = int(parse_qs(parts.query).get("count", ["5"])[0])
-                value = [{"name": f"Bing {q} {i}", "url": f"https://bing.example/{i}", "snippet": f"Bing says {i}"}
-                         for i in range(1, count + 1)]
+                value = [
+                    {"name": f"Bing {q} {i}", "url": f"https://bing.example/{i}", "snippet": f"Bing says {i}"}
+                    for i in range(1, count + 1)
+                ]
                 return self._send(200, json.dumps({"webPages": {"value": value}}))
             if path == "/page.html":
                 self._count("page")
@@ -147,7 +157,9 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
             if path == "/binary.pdf":
                 return self._send(200, b"%PDF-1.4 binary", "application/pdf")
             if path == "/redirect-metadata":
-                return self._send(302, "", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"})
+                return self._send(
+                    302, "", "text/plain", {"Location": "http://169.254.169.254/latest/meta-data/"}
+                )
             if path == "/redirect-page":
                 return self._send(302, "", "text/plain", {"Location": "/page.html"})
             if path == "/missing":
@@ -174,7 +186,9 @@ def fake_web() -> Iterator[FakeWeb]:
 class Server:
     """A ``python -m handler serve`` process on a free loopback port."""
 
-    def __init__(self, workdir: Path, config: dict, env: dict[str, str] | None = None, extra: list[str] | None = None):
+    def __init__(
+        self, workdir: Path, config: dict, env: dict[str, str] | None = None, extra: list[str] | None = None
+    ):
         self.workdir = workdir
         self.config = config
         self.env = env or {}
@@ -195,8 +209,21 @@ class Server:
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "handler", "serve", "--config", str(cfg_path), "--port", str(self.port), *self.extra],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "handler",
+                "serve",
+                "--config",
+                str(cfg_path),
+                "--port",
+                str(self.port),
+                *self.extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         end = time.time() + deadline_s
         while time.time() < end:
@@ -241,10 +268,22 @@ def base_config(tmp: Path, fake: FakeWeb, **over: object) -> dict:
         "log_level": "warning",
         "retrieve_timeout_s": 10,
         "limits": {"max_queries": 64, "max_query_chars": 500, "max_topk": 20, "max_body_bytes": 200_000},
-        "web": {"engine": "serper", "serper_url": fake.base + "/serper/search", "bing_url": fake.base + "/bing/search",
-                "timeout_s": 0.5, "max_retries": 1, "backoff_s": 0.05, "results_per_query": 3},
-        "reader": {"timeout_s": 0.7, "max_retries": 0, "max_bytes": 100_000, "max_chars_per_page": 600,
-                   "allow_hosts": ["127.0.0.1"]},
+        "web": {
+            "engine": "serper",
+            "serper_url": fake.base + "/serper/search",
+            "bing_url": fake.base + "/bing/search",
+            "timeout_s": 0.5,
+            "max_retries": 1,
+            "backoff_s": 0.05,
+            "results_per_query": 3,
+        },
+        "reader": {
+            "timeout_s": 0.7,
+            "max_retries": 0,
+            "max_bytes": 100_000,
+            "max_chars_per_page": 600,
+            "allow_hosts": ["127.0.0.1"],
+        },
         "cache": {"path": str(tmp / "cache.sqlite")},
     }
     for k, v in over.items():
@@ -268,9 +307,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, fake_web: FakeWeb) -> Itera
 def server_bing(tmp_path_factory: pytest.TempPathFactory, fake_web: FakeWeb) -> Iterator[Server]:
     """Bing engine and an OpenAI-compatible reader LLM, both fakes; no cache."""
     tmp = tmp_path_factory.mktemp("srvbing")
-    cfg = base_config(tmp, fake_web, web={"engine": "bing"}, cache={"enabled": False},
-                      reader={"llm": {"base_url": fake_web.base + "/llm/v1", "model": "qwen-plus", "chunk_chars": 200,
-                                      "max_chunks": 10, "timeout_s": 2, "max_retries": 1, "backoff_s": 0.05}})
+    cfg = base_config(
+        tmp,
+        fake_web,
+        web={"engine": "bing"},
+        cache={"enabled": False},
+        reader={
+            "llm": {
+                "base_url": fake_web.base + "/llm/v1",
+                "model": "qwen-plus",
+                "chunk_chars": 200,
+                "max_chunks": 10,
+                "timeout_s": 2,
+                "max_retries": 1,
+                "backoff_s": 0.05,
+            }
+        },
+    )
     s = Server(tmp, cfg, env={"BING_API_KEY": BING_KEY, "READER_API_KEY": LLM_KEY}).start()
     yield s
     s.stop()

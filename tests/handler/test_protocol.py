@@ -18,8 +18,15 @@ def post(server: Server, path: str, body: object, **kw: object) -> httpx.Respons
 
 
 def test_retrieve_round_trip_with_scores(server: Server) -> None:
-    r = post(server, "/retrieve", {"queries": ["who discovered penicillin", "capital city of Australia"],
-                                   "topk": 2, "return_scores": True})
+    r = post(
+        server,
+        "/retrieve",
+        {
+            "queries": ["who discovered penicillin", "capital city of Australia"],
+            "topk": 2,
+            "return_scores": True,
+        },
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/json")
     result = r.json()["result"]
@@ -48,11 +55,14 @@ def test_null_topk_means_three(server: Server) -> None:
     assert len(r.json()["result"][0]) == 3
 
 
-@pytest.mark.parametrize("body", [
-    {"query": "capital of Australia", "top_k": 2},
-    {"query": "capital of Australia", "k": 2},
-    {"queries": ["capital of Australia"], "topk": 2},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": "capital of Australia", "top_k": 2},
+        {"query": "capital of Australia", "k": 2},
+        {"queries": ["capital of Australia"], "topk": 2},
+    ],
+)
 def test_variants_single_query_and_topk_names(server: Server, body: dict) -> None:
     r = post(server, "/retrieve", {**body, "return_scores": True})
     assert r.status_code == 200, r.text
@@ -61,8 +71,13 @@ def test_variants_single_query_and_topk_names(server: Server, body: dict) -> Non
 
 
 def test_ranking_order_and_case_insensitivity(server: Server) -> None:
-    queries = ["Nobel Prize physics relativity", "NOBEL prize   PHYSICS relativity", "first crewed Moon landing",
-               "longest river Africa Mediterranean", "Stratford playwright Hamlet"]
+    queries = [
+        "Nobel Prize physics relativity",
+        "NOBEL prize   PHYSICS relativity",
+        "first crewed Moon landing",
+        "longest river Africa Mediterranean",
+        "Stratford playwright Hamlet",
+    ]
     r = post(server, "/retrieve", {"queries": queries, "topk": 1, "return_scores": True})
     ids = [hits[0]["document"]["id"] for hits in r.json()["result"]]
     assert ids == ["8", "8", "12", "14", "5"]
@@ -75,8 +90,12 @@ def test_query_with_no_known_terms_gives_empty_list(server: Server) -> None:
 
 
 def test_accepts_json_without_content_type(server: Server) -> None:
-    r = httpx.post(server.url + "/retrieve", content=json.dumps({"query": "Canberra", "topk": 1}), timeout=10,
-                   headers={"content-type": "text/plain"})
+    r = httpx.post(
+        server.url + "/retrieve",
+        content=json.dumps({"query": "Canberra", "topk": 1}),
+        timeout=10,
+        headers={"content-type": "text/plain"},
+    )
     assert r.status_code == 200
     assert r.json()["result"][0][0]["id"] == CANBERRA
 
@@ -134,13 +153,18 @@ def test_bad_input_names_the_field(server: Server, body: object, status: int, me
     assert message in r.json()["detail"]
 
 
-@pytest.mark.parametrize(("raw", "message"), [
-    (b'{"queries": ["x"', "malformed JSON body"),
-    (b"", "empty request body"),
-    (b"\xff\xfe garbage", "malformed JSON body"),
-])
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"queries": ["x"', "malformed JSON body"),
+        (b"", "empty request body"),
+        (b"\xff\xfe garbage", "malformed JSON body"),
+    ],
+)
 def test_malformed_json_is_400(server: Server, raw: bytes, message: str) -> None:
-    r = httpx.post(server.url + "/retrieve", content=raw, headers={"content-type": "application/json"}, timeout=5)
+    r = httpx.post(
+        server.url + "/retrieve", content=raw, headers={"content-type": "application/json"}, timeout=5
+    )
     assert r.status_code == 400
     assert r.json()["error"] == "bad_json" and message in r.json()["detail"]
 

@@ -22,7 +22,12 @@ def test_config_overrides_and_errors(tmp_path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("port: 9001\nbm25:\n  k1: 1.2\nreader:\n  allow_hosts: [10.0.0.0/8]\n")
     cfg = load_config(p, {"web.engine": "bing", "port": 9002})
-    assert (cfg.port, cfg.bm25.k1, cfg.web.engine, cfg.reader.allow_hosts) == (9002, 1.2, "bing", ["10.0.0.0/8"])
+    assert (cfg.port, cfg.bm25.k1, cfg.web.engine, cfg.reader.allow_hosts) == (
+        9002,
+        1.2,
+        "bing",
+        ["10.0.0.0/8"],
+    )
     assert cfg.host == "127.0.0.1"
     with pytest.raises(ConfigError, match="unknown config key 'bm25.k3'"):
         load_config(None, {"bm25.k3": 1})
@@ -127,8 +132,14 @@ def test_url_guard_without_allow_list() -> None:
     async def check(url: str) -> None:
         await g.check(url, "url_list[0]")
 
-    for url in ("http://localhost/", "http://127.0.0.1:8000/", "http://172.16.5.4/", "http://[fe80::1]/",
-                "http://100.64.0.1/", "http://[fd00:ec2::254]/"):
+    for url in (
+        "http://localhost/",
+        "http://127.0.0.1:8000/",
+        "http://172.16.5.4/",
+        "http://[fe80::1]/",
+        "http://100.64.0.1/",
+        "http://[fd00:ec2::254]/",
+    ):
         with pytest.raises(Forbidden):
             asyncio.run(check(url))
     with pytest.raises(BadInput, match="not an http"):
@@ -147,7 +158,6 @@ def test_html_to_text_and_passage_picking() -> None:
     assert "Kepler in Prague" in picked and len(picked) <= 200
 
 
-
 def test_cache_memory_layer_is_bounded_and_honours_ttl(tmp_path) -> None:
     c = Cache(tmp_path / "m.sqlite", ttl_s=60, memory_entries=3)
     c.put_many({f"k{i}": f"[{i}]" for i in range(5)})
@@ -164,6 +174,7 @@ def test_cache_memory_layer_is_bounded_and_honours_ttl(tmp_path) -> None:
     off = Cache(tmp_path / "m.sqlite", ttl_s=60, memory_entries=0)
     off.put_many({"x": "[]"})
     assert off.get_many(["x"]) == {"x": "[]"} and off._mem == {}
+
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_unhandled_error_is_json_500_and_counted(tmp_path) -> None:

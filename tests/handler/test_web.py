@@ -16,11 +16,16 @@ def test_serper_search_text_and_hits(server: Server, fake_web: FakeWeb) -> None:
     assert r.status_code == 200, r.text
     data = r.json()
     assert data["queries"] == ["kepler laws", "tycho brahe"]
-    assert data["hits"][0][0] == {"title": "kepler laws result 1", "url": "https://example.com/1",
-                                  "snippet": "About kepler laws, part 1."}
+    assert data["hits"][0][0] == {
+        "title": "kepler laws result 1",
+        "url": "https://example.com/1",
+        "snippet": "About kepler laws, part 1.",
+    }
     assert len(data["hits"][0]) == 3  # results_per_query
     text = data["result"]
-    assert text.startswith('Search results for "kepler laws":\n[1] kepler laws result 1\nURL: https://example.com/1\n')
+    assert text.startswith(
+        'Search results for "kepler laws":\n[1] kepler laws result 1\nURL: https://example.com/1\n'
+    )
     assert 'Search results for "tycho brahe":' in text
     assert fake_web.seen_keys[-1] == SERPER_KEY
 
@@ -37,13 +42,16 @@ def test_web_search_accepts_single_string(server: Server) -> None:
     assert r.status_code == 200 and r.json()["queries"] == ["lone query"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({}, "field 'query' is required"),
-    ({"query": []}, "field 'query' is empty"),
-    ({"query": [""]}, "field 'query[0]' is an empty query"),
-    ({"query": [3]}, "field 'query"),
-    ({"query": ["q"] * 17}, "at most 16"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "field 'query' is required"),
+        ({"query": []}, "field 'query' is empty"),
+        ({"query": [""]}, "field 'query[0]' is an empty query"),
+        ({"query": [3]}, "field 'query"),
+        ({"query": ["q"] * 17}, "at most 16"),
+    ],
+)
 def test_web_search_bad_input(server: Server, body: dict, message: str) -> None:
     r = post(server, "/tools/web_search", body)
     assert r.status_code == 422 and message in r.json()["detail"]
@@ -68,8 +76,11 @@ def test_web_search_upstream_500_is_502_after_bounded_retries(server: Server, fa
 def test_bing_search_and_key_header(server_bing: Server, fake_web: FakeWeb) -> None:
     r = post(server_bing, "/tools/web_search", {"query": ["solar eclipse"]})
     assert r.status_code == 200, r.text
-    assert r.json()["hits"][0][0] == {"title": "Bing solar eclipse 1", "url": "https://bing.example/1",
-                                      "snippet": "Bing says 1"}
+    assert r.json()["hits"][0][0] == {
+        "title": "Bing solar eclipse 1",
+        "url": "https://bing.example/1",
+        "snippet": "Bing says 1",
+    }
     assert fake_web.seen_keys[-1] == BING_KEY
 
 
@@ -95,8 +106,11 @@ def test_missing_key_is_503_and_keys_never_echoed(tmp_path, fake_web: FakeWeb) -
 
 
 def test_browse_extracts_main_text(server: Server, fake_web: FakeWeb) -> None:
-    r = post(server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/page.html"],
-                                                "question": "When was Kepler born?"})
+    r = post(
+        server,
+        "/tools/browse_webpage",
+        {"url_list": [fake_web.base + "/page.html"], "question": "When was Kepler born?"},
+    )
     assert r.status_code == 200, r.text
     page = r.json()["pages"][0]
     assert page["ok"] is True
@@ -106,8 +120,11 @@ def test_browse_extracts_main_text(server: Server, fake_web: FakeWeb) -> None:
 
 
 def test_browse_size_cap_and_plain_text(server: Server, fake_web: FakeWeb) -> None:
-    r = post(server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/big.html", fake_web.base + "/plain.txt"],
-                                                "question": "filler"})
+    r = post(
+        server,
+        "/tools/browse_webpage",
+        {"url_list": [fake_web.base + "/big.html", fake_web.base + "/plain.txt"], "question": "filler"},
+    )
     assert r.status_code == 200
     big, plain = r.json()["pages"]
     assert big["ok"] and len(big["text"]) <= 600  # max_chars_per_page
@@ -115,8 +132,12 @@ def test_browse_size_cap_and_plain_text(server: Server, fake_web: FakeWeb) -> No
 
 
 def test_browse_per_page_errors_are_explicit(server: Server, fake_web: FakeWeb) -> None:
-    urls = [fake_web.base + "/page.html", fake_web.base + "/missing", fake_web.base + "/slowpage.html",
-            fake_web.base + "/binary.pdf"]
+    urls = [
+        fake_web.base + "/page.html",
+        fake_web.base + "/missing",
+        fake_web.base + "/slowpage.html",
+        fake_web.base + "/binary.pdf",
+    ]
     r = post(server, "/tools/browse_webpage", {"url_list": urls, "question": "Kepler"})
     assert r.status_code == 200
     ok, missing, slow, pdf = r.json()["pages"]
@@ -133,24 +154,33 @@ def test_browse_all_pages_failing_is_502(server: Server, fake_web: FakeWeb) -> N
 
 
 def test_browse_follows_safe_redirect(server: Server, fake_web: FakeWeb) -> None:
-    r = post(server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/redirect-page"], "question": "Kepler"})
+    r = post(
+        server,
+        "/tools/browse_webpage",
+        {"url_list": [fake_web.base + "/redirect-page"], "question": "Kepler"},
+    )
     assert r.status_code == 200 and "1571" in r.json()["pages"][0]["text"]
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("http://127.1.2.3:{port}/page.html", "loopback address 127.1.2.3"),
-    ("http://127.0.0.2/", "loopback address 127.0.0.2"),
-    ("http://[::1]/", "loopback address ::1"),
-    ("http://10.1.2.3/admin", "private address 10.1.2.3"),
-    ("http://192.168.0.1/", "private address 192.168.0.1"),
-    ("http://169.254.169.254/latest/meta-data/", "link-local (cloud metadata) address 169.254.169.254"),
-    ("http://metadata.google.internal/computeMetadata/v1/", "cloud-metadata host"),
-    ("http://0.0.0.0:8000/", "address 0.0.0.0"),
-    ("http://[::ffff:127.0.0.1]/", "loopback address"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.1.2.3:{port}/page.html", "loopback address 127.1.2.3"),
+        ("http://127.0.0.2/", "loopback address 127.0.0.2"),
+        ("http://[::1]/", "loopback address ::1"),
+        ("http://10.1.2.3/admin", "private address 10.1.2.3"),
+        ("http://192.168.0.1/", "private address 192.168.0.1"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local (cloud metadata) address 169.254.169.254"),
+        ("http://metadata.google.internal/computeMetadata/v1/", "cloud-metadata host"),
+        ("http://0.0.0.0:8000/", "address 0.0.0.0"),
+        ("http://[::ffff:127.0.0.1]/", "loopback address"),
+    ],
+)
 def test_browse_refuses_private_destinations(server: Server, fake_web: FakeWeb, url: str, why: str) -> None:
     url = url.format(port=fake_web.port)
-    r = post(server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/page.html", url], "question": "q"})
+    r = post(
+        server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/page.html", url], "question": "q"}
+    )
     assert r.status_code == 403, r.text
     assert r.json()["error"] == "forbidden"
     assert r.json()["detail"].startswith("field 'url_list[1]': ")
@@ -158,20 +188,37 @@ def test_browse_refuses_private_destinations(server: Server, fake_web: FakeWeb, 
 
 
 def test_browse_refuses_redirect_to_metadata(server: Server, fake_web: FakeWeb) -> None:
-    r = post(server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/redirect-metadata"], "question": "q"})
+    r = post(
+        server, "/tools/browse_webpage", {"url_list": [fake_web.base + "/redirect-metadata"], "question": "q"}
+    )
     assert r.status_code == 403
     assert "169.254.169.254" in r.json()["detail"]
 
 
-@pytest.mark.parametrize(("body", "status", "message"), [
-    ({"url_list": ["ftp://example.com/x"], "question": "q"}, 422, "field 'url_list[0]': 'ftp://example.com/x' is not an http(s) URL"),
-    ({"url_list": ["http://"], "question": "q"}, 422, "has no host"),
-    ({"url_list": [], "question": "q"}, 422, "field 'url_list' is empty"),
-    ({"url_list": ["http://a.example/"] * 6, "question": "q"}, 422, "field 'url_list' has 6 URLs; at most 5"),
-    ({"url_list": "http://a.example/", "question": "q"}, 422, "field 'url_list': Input should be a valid list"),
-    ({"question": "q"}, 422, "field 'url_list' is required"),
-    ({"url_list": ["http://a.example/"], "question": 7}, 422, "field 'question'"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (
+            {"url_list": ["ftp://example.com/x"], "question": "q"},
+            422,
+            "field 'url_list[0]': 'ftp://example.com/x' is not an http(s) URL",
+        ),
+        ({"url_list": ["http://"], "question": "q"}, 422, "has no host"),
+        ({"url_list": [], "question": "q"}, 422, "field 'url_list' is empty"),
+        (
+            {"url_list": ["http://a.example/"] * 6, "question": "q"},
+            422,
+            "field 'url_list' has 6 URLs; at most 5",
+        ),
+        (
+            {"url_list": "http://a.example/", "question": "q"},
+            422,
+            "field 'url_list': Input should be a valid list",
+        ),
+        ({"question": "q"}, 422, "field 'url_list' is required"),
+        ({"url_list": ["http://a.example/"], "question": 7}, 422, "field 'question'"),
+    ],
+)
 def test_browse_bad_input(server: Server, body: dict, status: int, message: str) -> None:
     r = post(server, "/tools/browse_webpage", body)
     assert r.status_code == status, r.text
@@ -180,8 +227,11 @@ def test_browse_bad_input(server: Server, body: dict, status: int, message: str)
 
 def test_llm_reader_reads_chunk_by_chunk(server_bing: Server, fake_web: FakeWeb) -> None:
     before = fake_web.counts["llm"]
-    r = post(server_bing, "/tools/browse_webpage", {"url_list": [fake_web.base + "/page.html"],
-                                                     "question": "Who did Kepler assist?"})
+    r = post(
+        server_bing,
+        "/tools/browse_webpage",
+        {"url_list": [fake_web.base + "/page.html"], "question": "Who did Kepler assist?"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["pages"][0]["text"] == "Kepler assisted Tycho Brahe in Prague."
     calls = fake_web.counts["llm"] - before
@@ -191,7 +241,9 @@ def test_llm_reader_reads_chunk_by_chunk(server_bing: Server, fake_web: FakeWeb)
 
 
 def test_llm_reader_failure_is_502(server_bing: Server, fake_web: FakeWeb) -> None:
-    r = post(server_bing, "/tools/browse_webpage", {"url_list": [fake_web.base + "/llmfail.html"], "question": "q"})
+    r = post(
+        server_bing, "/tools/browse_webpage", {"url_list": [fake_web.base + "/llmfail.html"], "question": "q"}
+    )
     assert r.status_code == 502
     assert "reader LLM failed after 2 attempt(s): HTTP 500" in r.json()["detail"]
     assert LLM_KEY not in r.text and LLM_KEY not in server_bing.log()
