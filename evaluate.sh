@@ -13,6 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 
+# Score a rollout file into score_step_k.json beside its rollout/ folder and print both paths.
+score_rollout() {
+  local rollout="$1" score
+  score="$(dirname "$(dirname "$rollout")")/$(basename "$rollout" .json | sed 's/rollout_/score_/').json"
+  "$PY" evaluate/calculate_metrics.py "$rollout" --out "$score"
+  echo "rollout: $rollout"
+  echo "scores:  $score"
+}
+
 engine="${IGPO_ENGINE:-}"
 if [[ -z "$engine" ]]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then engine=verl; else engine=local; fi
@@ -22,10 +31,7 @@ case "$engine" in
   local)
     rollout=$("$PY" -m igpo.local.evaluate "$@" | tail -n 1)
     [[ -f "$rollout" ]] || { echo "evaluate.sh: no rollout file was written" >&2; exit 1; }
-    score="$(dirname "$(dirname "$rollout")")/$(basename "$rollout" .json | sed 's/rollout_/score_/').json"
-    "$PY" evaluate/calculate_metrics.py "$rollout" --out "$score"
-    echo "rollout: $rollout"
-    echo "scores:  $score"
+    score_rollout "$rollout"
     ;;
   verl)
     out="${IGPO_VAL_DIR:-outputs/validation}"
@@ -35,10 +41,7 @@ case "$engine" in
     [[ -n "$dump" ]] || { echo "evaluate.sh: verl wrote no validation dump in $out" >&2; exit 1; }
     rollout=$("$PY" -m igpo.verl.val_dump "$dump" --val-files $val_files \
       --out-dir "outputs/${IGPO_PROJECT:-igpo}/${IGPO_EXPERIMENT:-eval}/rollout" | tail -n 1)
-    score="$(dirname "$(dirname "$rollout")")/$(basename "$rollout" .json | sed 's/rollout_/score_/').json"
-    "$PY" evaluate/calculate_metrics.py "$rollout" --out "$score"
-    echo "rollout: $rollout"
-    echo "scores:  $score"
+    score_rollout "$rollout"
     ;;
   *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;
 esac

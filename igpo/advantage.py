@@ -32,12 +32,13 @@ Computation, vectorized over the batch (no per-token Python loop):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from igpo.turns import turn_structure
+from igpo.turns import run_starts_ends, turn_structure
 
 REWARD_MODES = ("f1+ig", "f1", "ig")
 NORM_MODES = ("separate", "joint")
@@ -209,3 +210,46 @@ def compute_igpo_advantage(
     adv = torch.gather(returns_per_turn, 1, run_id.clamp(min=0))
     adv = adv.masked_fill_(run_id < 0, 0.0).to(token_level_rewards.dtype)
     return adv, adv  # verl's GRPO also returns one tensor as both
+
+
+def ig_to_token_rewards(
+    token_level_scores: torch.Tensor,
+    response_mask: torch.Tensor,
+    ig: Sequence[torch.Tensor | None],
+) -> torch.Tensor:
+    """Write IG onto the last token of every non-final run of ``response_mask``.
+
+    The encoder of this module's contract (the inverse of :func:`decode_turn_rewards`): ``IG`` of turn t (``ig[b][t]``, t = 0 … T_b − 2) goes on
+    the last token of run t; the outcome already on the last run (verl writes ``reward_score`` on
+    the last response token, ``AgentLoopOutput.as_dict``) stays where it is.
+
+    Args:
+        token_level_scores: ``(bs, L)`` outcome-only rewards (``rm_scores``); not modified.
+        response_mask: ``(bs, L)``.
+        ig: per row ``(T_b − 1,)`` or None (row without IG, e.g. verl's padding rows).
+    Returns:
+        A new ``(bs, L)`` tensor (dtype of ``token_level_scores``).
+    Raises:
+        ValueError if a row has ``len(ig[b]) + 1`` ≠ its number of runs (the agent loop's
+        ``tool_turn_ends`` disagree with ``response_mask``).
+    """
+    if token_level_scores.shape != response_mask.shape:
+        raise ValueError(
+            f"token_level_scores {tuple(token_level_scores.shape)} and response_mask "
+            f"{tuple(response_mask.shape)} differ"
+        )
+    if len(ig) != token_level_scores.shape[0]:
+        raise ValueError(f"ig has {len(ig)} rows, the batch {token_level_scores.shape[0]}")
+    out = token_level_scores.clone()
+    _, ends = run_starts_ends(response_mask)
+    for b, g in enumerate(ig):
+        if g is None or g.numel() == 0:
+            continue
+        pos = ends[b].nonzero().reshape(-1)
+        if pos.numel() != g.numel() + 1:
+            raise ValueError(
+                f"row {b}: {g.numel()} information gains need {g.numel() + 1} model turns (runs of "
+                f"response_mask), found {pos.numel()}"
+            )
+        out[b, pos[:-1]] += g.to(out.device, out.dtype)
+    return out

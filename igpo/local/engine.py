@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from igpo.advantage import compute_igpo_advantage
+from igpo.advantage import compute_igpo_advantage, ig_to_token_rewards
 from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, outcome_reward
 from igpo.info_gain import answer_copy, ground_truth_gain, information_gain, packed_logprobs_with_copies
 from igpo.local.generation import LockstepBatcher
@@ -136,22 +136,15 @@ def encode_turn_rewards(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(token_level_rewards, response_mask)``, both ``(bs, length)``, per igpo.advantage's contract.
 
-    The IG of turn t goes on the last token of turn t, the outcome on the last token of the last turn.
+    The outcome goes on the last token of the last turn (as verl's agent loop puts ``reward_score``),
+    then :func:`igpo.advantage.ig_to_token_rewards` writes the IG of turn t on the last token of turn t.
     """
-    bs = len(episodes)
-    rewards = torch.zeros(bs, length)
-    mask = torch.zeros(bs, length)
+    scores = torch.zeros(len(episodes), length)
+    mask = pad_right([ep.response_mask for ep in episodes], length)
     for i, ep in enumerate(episodes):
-        m = torch.tensor(ep.response_mask[:length], dtype=torch.float32)
-        mask[i, : m.numel()] = m
-        if not ep.turns:
-            continue
-        ends = [t.end - 1 for t in ep.turns]
-        for t, end in enumerate(ends[:-1]):
-            if t < igs[i].numel():
-                rewards[i, end] = float(igs[i][t])
-        rewards[i, ends[-1]] = float(outcomes[i])
-    return rewards, mask
+        if ep.turns:  # an episode without a model turn has no token to carry its outcome
+            scores[i, ep.turns[-1].end - 1] = float(outcomes[i])
+    return ig_to_token_rewards(scores, mask, igs), mask
 
 
 def pad_right(rows: Sequence[Sequence[float]], length: int, value: float = 0.0) -> torch.Tensor:

@@ -23,7 +23,7 @@ function:
   ``(bs, response_len)`` (what ``verl.workers.utils.padding.response_from_nested`` + padding give);
 * :func:`sequences_from_padded` — the left-padded-prompt / right-padded-response layout of verl's
   padded ``DataProto`` (``prompts``, ``responses``, ``attention_mask``) → unpadded sequences;
-* :func:`ig_to_token_rewards` — IG onto ``token_level_rewards`` per :mod:`igpo.advantage`'s contract.
+* :func:`ig_to_token_rewards` (from :mod:`igpo.advantage`, re-exported) — IG onto ``token_level_rewards``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
+from igpo.advantage import ig_to_token_rewards  # the contract's encoder lives with its decoder
 from igpo.info_gain import CopyLayout, answer_copy, build_copy_layout, information_gain, pack_input_ids
-from igpo.turns import prefix_ends_from_turn_ends, run_starts_ends
+from igpo.turns import prefix_ends_from_turn_ends
 
 __all__ = [
     "IGRequest",
@@ -326,46 +327,3 @@ def sequences_from_padded(
 def information_gains(answer_lp: Sequence[torch.Tensor], basis: str = "logprob") -> list[torch.Tensor]:
     """Per row ``(T_i − 1,)`` IG (Eq. 4) from ``(T_i,)`` per-turn answer log-probs."""
     return [information_gain(lp.reshape(-1).double(), basis) for lp in answer_lp]
-
-
-def ig_to_token_rewards(
-    token_level_scores: torch.Tensor,
-    response_mask: torch.Tensor,
-    ig: Sequence[torch.Tensor | None],
-) -> torch.Tensor:
-    """Write IG onto the last token of every non-final run of ``response_mask``.
-
-    Per :mod:`igpo.advantage`'s contract: ``IG`` of turn t (``ig[b][t]``, t = 0 … T_b − 2) goes on
-    the last token of run t; the outcome already on the last run (verl writes ``reward_score`` on
-    the last response token, ``AgentLoopOutput.as_dict``) stays where it is.
-
-    Args:
-        token_level_scores: ``(bs, L)`` outcome-only rewards (``rm_scores``); not modified.
-        response_mask: ``(bs, L)``.
-        ig: per row ``(T_b − 1,)`` or None (row without IG, e.g. verl's padding rows).
-    Returns:
-        A new ``(bs, L)`` tensor (dtype of ``token_level_scores``).
-    Raises:
-        ValueError if a row has ``len(ig[b]) + 1`` ≠ its number of runs (the agent loop's
-        ``tool_turn_ends`` disagree with ``response_mask``).
-    """
-    if token_level_scores.shape != response_mask.shape:
-        raise ValueError(
-            f"token_level_scores {tuple(token_level_scores.shape)} and response_mask "
-            f"{tuple(response_mask.shape)} differ"
-        )
-    if len(ig) != token_level_scores.shape[0]:
-        raise ValueError(f"ig has {len(ig)} rows, the batch {token_level_scores.shape[0]}")
-    out = token_level_scores.clone()
-    _, ends = run_starts_ends(response_mask)
-    for b, g in enumerate(ig):
-        if g is None or g.numel() == 0:
-            continue
-        pos = ends[b].nonzero().reshape(-1)
-        if pos.numel() != g.numel() + 1:
-            raise ValueError(
-                f"row {b}: {g.numel()} information gains need {g.numel() + 1} model turns (runs of "
-                f"response_mask), found {pos.numel()}"
-            )
-        out[b, pos[:-1]] += g.to(out.device, out.dtype)
-    return out
