@@ -5,8 +5,10 @@ Usage::
     python scripts/bench_learning.py --json [--seeds 0,1,2] [--modes f1+ig,f1,ig] [--out outputs/bench_learning]
         [key=value ...]          # overrides of configs/local.yaml, applied to every run (e.g. steps=40)
 
-Every run shares one task and one warmed-up policy per seed (the warm-up is part of the setting, not of
-the comparison), then trains ``steps`` steps with its ``reward_mode``. Per mode and seed the JSON holds
+Every run shares one task and one warmed-up policy (the warm-up is part of the setting, not of the
+comparison: by default one warm-up serves all seeds, ``--warmup-per-seed`` warms up once per seed), then
+trains ``steps`` steps with its ``reward_mode``; the seed sets the questions of each step and the
+sampling. Per mode and seed the JSON holds
 the sampled training F1 per step, the test F1 at each evaluation, the zero-advantage group share of the
 batch under the run's own estimator and under the outcome-only one, tokens used for updates, and wall
 time. Also written: a PNG with mean curves and min-max spread per mode, and a summary of the goal of
@@ -105,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="f1+ig,f1,ig")
     ap.add_argument("--out", default="outputs/bench_learning")
     ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    ap.add_argument(
+        "--warm-from",
+        help="experiment folder (e.g. outputs/igpo-local/embedded-default) whose task (data/) and warmed-up "
+        "policy (policy_warm/) every run reuses",
+    )
+    ap.add_argument(
+        "--warmup-per-seed",
+        action="store_true",
+        help="warm up a policy per seed (default: the first run's warm-up serves every seed)",
+    )
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -114,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--modes: unknown reward modes {bad}; choose from {list(MODE_NAMES)}")
     out = Path(args.out)
     results: dict[str, dict[int, dict]] = {m: {} for m in modes}
+    warm = Path(args.warm_from) if args.warm_from else None
+    if warm is not None and not (warm / "policy_warm" / "config.json").exists():
+        ap.error(f"--warm-from: {warm} has no policy_warm/ (run the main job or a bench run there first)")
+    if warm is not None and args.warmup_per_seed:
+        ap.error("--warm-from and --warmup-per-seed exclude each other")
     for seed in seeds:
-        warm = None
+        if args.warmup_per_seed:
+            warm = None
         for mode in modes:
             cfg = load_config(
                 DEFAULT_CONFIG,
@@ -130,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     "resume=false",
                 ],
             )
-            if warm is not None:  # share the seed's task and warmed-up policy across modes
+            if warm is not None:  # share the task and the warmed-up policy
                 shutil.copytree(warm / "data", cfg.out_dir / "data", dirs_exist_ok=True)
                 shutil.copytree(warm / "policy_warm", cfg.out_dir / "policy_warm", dirs_exist_ok=True)
             t0 = time.perf_counter()

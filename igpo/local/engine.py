@@ -62,11 +62,11 @@ class LocalConfig:
     heads: int = 4
     # warm-up (supervised fine-tuning on noisy teacher demonstrations)
     warmup_steps: int = 150
-    warmup_demos: int = 4
+    warmup_demos: int = 3000
     warmup_lr: float = 3e-3
     warmup_batch: int = 16
     p_follow: float = 0.5
-    p_answer: float = 0.3
+    p_answer: float = 1.0
     # rollout
     max_turns: int = 4
     max_turn_tokens: int = 48
@@ -288,7 +288,7 @@ class LocalEngine:
             texts.append(format_hits([title], [[{"document": p, "score": 1.0}]]))
         for q in self.task.questions:
             texts.append(q.question)
-            texts.extend(teacher_turns(q, self.task.entities, rng))
+            texts.extend(teacher_turns(q, self.task, rng))
         return texts
 
     def build_policy(self) -> None:
@@ -386,29 +386,31 @@ class LocalEngine:
     def warmup(self) -> dict[str, float]:
         """Supervised fine-tuning on noisy teacher demonstrations (format and search habit, not answers).
 
-        ``warmup_demos`` noisy plans per training question are played against the real handler (so the
-        tool responses and token layout are exactly those of RL), then ``warmup_steps`` AdamW steps on
-        random batches of them (one-cycle learning rate), loss on model tokens only.
+        ``warmup_demos`` noisy plans (training questions in shuffled rounds) are played against the real
+        handler (so the tool responses and token layout are exactly those of RL), then ``warmup_steps``
+        AdamW steps on random batches of them (one-cycle learning rate), loss on model tokens only.
         """
         from igpo.local.synthetic import teacher_turns
 
         cfg = self.cfg
         rng = random.Random(cfg.seed + 7)
+        order = [q for _ in range(math.ceil(cfg.warmup_demos / len(self.train_q))) for q in self.train_q]
+        rng.shuffle(order)
+        order = order[: cfg.warmup_demos]
+        plans = [teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer) for q in order]
         demos: list[Episode] = []
-        for rep in range(cfg.warmup_demos):
-            plans = [
-                teacher_turns(q, self.task.entities, rng, cfg.p_follow, cfg.p_answer) for q in self.train_q
-            ]
+        chunk = 512  # episodes in flight at once against the handler
+        for s in range(0, len(order), chunk):
 
-            def scripted(i: int, plans=plans):
-                turns = iter(plans[i])
+            def scripted(i: int, s=s):
+                turns = iter(plans[s + i])
 
                 async def generate(prompt_ids, max_new_tokens, stop):
                     return self.tokenizer.encode(next(turns), add_special_tokens=False)
 
                 return generate
 
-            demos += self.rollouts(self.train_q, 1, 0.0, seed=rep, scripted=scripted)
+            demos += self.rollouts(order[s : s + chunk], 1, 0.0, seed=s, scripted=scripted)
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.warmup_lr)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.warmup_lr, total_steps=max(1, cfg.warmup_steps), pct_start=0.1

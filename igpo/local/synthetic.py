@@ -14,16 +14,20 @@ hops   question                                               search path
 =====  =====================================================  ==========================
 
 Every name is made up, so the policy cannot know an answer without searching; the gold answer is
-always written in the last passage of the path. A scripted *teacher* plans demonstration turns for
-the warm-up: it always searches the question's entity first, then follows the right entity only with
-probability ``p_follow`` (else a distractor of the same kind), and answers right only with
-probability ``p_answer`` (else a same-kind distractor). The warmed policy thus knows the turn format
-and the search habit but not which entity to follow or answer, which RL must learn.
+always written in the last passage of the path. A scripted *teacher* plans the demonstrations of the
+warm-up. It searches the question's entity first; at each further hop it searches the entity that the
+last passage names for the needed relation only with probability ``p_follow`` (else a distractor of
+the same kind); then it answers with what the *last passage it read* says for the question's
+relation (with probability ``p_answer``; else a same-kind distractor). The warmed policy thus knows
+the turn format and how to read a name off a passage, but not which entity to follow: about half of
+its multi-hop answers are read off the wrong passage. RL must fix that, and information gain rewards
+it turn by turn (the right passage raises the probability of the gold answer, a wrong one does not).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +40,8 @@ SYSTEM_PROMPT = (
     '<tool_call> {"name": "search", "arguments": {"query": ["..."]}} </tool_call> or <answer> ... </answer>.'
 )
 DATA_SOURCE = "synthetic_multihop"
+#: bumped when the task layout changes, so a stale task folder is refused rather than misread
+TASK_VERSION = 2
 _CONS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -50,6 +56,7 @@ class Question:
     hops: int
     path: list[str]
     kind: str  # the entity kind of the answer: city, company or country
+    relations: list[str] = field(default_factory=list)  # one per hop: path[k] -> path[k+1] (last: -> answer)
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Task:
     passages: list[dict[str, str]]
     questions: list[Question]
     entities: dict[str, list[str]] = field(default_factory=dict)
+    #: relation -> {subject: object}: born_in, works_for (person), based_in (company), country_of (city)
+    facts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def split(self, test_fraction: float = 0.2) -> tuple[list[Question], list[Question]]:
         """Deterministic train/test split by person (a test person never appears in training)."""
@@ -103,10 +112,17 @@ def make_task(
     taken: set[str] = set()
     countries = _names(rng, n_countries, (2, 3), taken)
     cities = _names(rng, n_cities, (2, 3), taken)
-    companies = [f"{w} corp" for w in _names(rng, n_companies, (2, 2), taken)]
-    firsts = _names(rng, n_people, (2, 2), taken)
-    lasts = _names(rng, n_people, (2, 3), taken)
-    people = [f"{a} {b}" for a, b in zip(firsts, lasts, strict=True)]
+    # one word each: a two-word "x corp" would give every company answer an F1 of 0.5 for "corp"
+    companies = _names(rng, n_companies, (2, 3), taken)
+    # people are pairs from two small name pools: a first or last name alone identifies nobody, so the
+    # policy has to read each person's passage rather than memorise facts keyed on one name token
+    pool = max(4, math.ceil(math.sqrt(2 * n_people)))
+    firsts = _names(rng, pool, (2, 2), taken)
+    lasts = _names(rng, pool, (2, 3), taken)
+    people = [
+        f"{firsts[i // pool]} {lasts[i % pool]}" for i in sorted(rng.sample(range(pool * pool), n_people))
+    ]
+    rng.shuffle(people)
     country_of = {c: countries[i % n_countries] for i, c in enumerate(cities)}
     city_of_company = {c: rng.choice(cities) for c in companies}
     born_in = {p: rng.choice(cities) for p in people}
@@ -125,27 +141,38 @@ def make_task(
         passages.append({"title": c, "text": f"{c} is a country. its cities: {members}."})
     passages = [{"id": str(i), "contents": f'"{d["title"]}"\n{d["text"]}'} for i, d in enumerate(passages)]
 
+    facts = {
+        "born_in": born_in,
+        "works_for": works_for,
+        "based_in": city_of_company,
+        "country_of": country_of,
+    }
+    templates = [  # (hops, question, relations, answer kind)
+        (1, "where was {p} born?", ["born_in"], "city"),
+        (1, "which company does {p} work for?", ["works_for"], "company"),
+        (2, "in which country was {p} born?", ["born_in", "country_of"], "country"),
+        (2, "in which city is the company of {p} based?", ["works_for", "based_in"], "city"),
+        (
+            3,
+            "in which country is the company of {p} based?",
+            ["works_for", "based_in", "country_of"],
+            "country",
+        ),
+    ]
     questions = []
     for p in people:
-        org, city = works_for[p], born_in[p]
-        templates = [
-            (1, f"where was {p} born?", city, [p], "city"),
-            (1, f"which company does {p} work for?", org, [p], "company"),
-            (2, f"in which country was {p} born?", country_of[city], [p, city], "country"),
-            (2, f"in which city is the company of {p} based?", city_of_company[org], [p, org], "city"),
-            (
-                3,
-                f"in which country is the company of {p} based?",
-                country_of[city_of_company[org]],
-                [p, org, city_of_company[org]],
-                "country",
-            ),
-        ]
-        for h, q, a, path, kind in templates:
-            if h in hops:
-                questions.append(Question(f"q{len(questions)}", q, a, h, path, kind))
+        for h, text, rels, kind in templates:
+            if h not in hops:
+                continue
+            path = [p]
+            for rel in rels[:-1]:
+                path.append(facts[rel][path[-1]])
+            answer = facts[rels[-1]][path[-1]]
+            questions.append(
+                Question(f"q{len(questions)}", text.format(p=p), answer, h, path, kind, list(rels))
+            )
     entities = {"person": people, "company": companies, "city": cities, "country": countries}
-    return Task(seed=seed, passages=passages, questions=questions, entities=entities)
+    return Task(seed=seed, passages=passages, questions=questions, entities=entities, facts=facts)
 
 
 def _kind_of(entity: str, entities: dict[str, list[str]]) -> str:
@@ -155,23 +182,44 @@ def _kind_of(entity: str, entities: dict[str, list[str]]) -> str:
     raise KeyError(entity)
 
 
+#: the entity kind each relation points to
+RELATION_KIND = {"born_in": "city", "works_for": "company", "based_in": "city", "country_of": "country"}
+
+
 def teacher_turns(
     q: Question,
-    entities: dict[str, list[str]],
+    task: Task,
     rng: random.Random,
     p_follow: float = 0.5,
-    p_answer: float = 0.3,
+    p_answer: float = 1.0,
 ) -> list[str]:
-    """Planned model turns (text) of one demonstration; tool responses come from the real handler."""
+    """Planned model turns (text) of one demonstration; tool responses come from the real handler.
+
+    Hop k > 0 searches the entity the previous passage names for ``q.relations[k-1]`` with
+    probability ``p_follow``, else a same-kind distractor; the answer is what the last searched
+    passage says for ``q.relations[-1]`` with probability ``p_answer``, else a same-kind distractor.
+    With ``p_follow = p_answer = 1`` the plan is the gold path and the gold answer.
+    """
+    if not q.relations or not task.facts:
+        raise ValueError(
+            f"question {q.qid} or its task has no relations/facts (a task written by an older version?)"
+        )
+
+    def distractor(kind: str, avoid: str) -> str:
+        return rng.choice([e for e in task.entities[kind] if e != avoid])
+
     turns = []
-    for k, entity in enumerate(q.path):
-        if k > 0 and rng.random() >= p_follow:
-            kind = _kind_of(entity, entities)
-            entity = rng.choice([e for e in entities[kind] if e != entity])
+    entity = q.path[0]
+    for k in range(q.hops):
+        if k > 0:
+            rel = q.relations[k - 1]
+            entity = task.facts[rel][entity]
+            if rng.random() >= p_follow:
+                entity = distractor(RELATION_KIND[rel], entity)
         turns.append(f"<think>search {entity}</think>\n" + format_tool_call("search", {"query": [entity]}))
-    answer = q.answer
+    answer = task.facts[q.relations[-1]][entity]
     if rng.random() >= p_answer:
-        answer = rng.choice([e for e in entities[q.kind] if e != q.answer])
+        answer = distractor(q.kind, answer)
     turns.append(f"<think>the answer is {answer}</think>\n<answer>{answer}</answer>")
     return turns
 
@@ -190,6 +238,7 @@ def verl_row(q: Question, split: str, index: int) -> dict[str, Any]:
             "question": q.question,
             "hops": q.hops,
             "path": list(q.path),
+            "relations": list(q.relations),
             "kind": q.kind,
         },
         "agent_name": "igpo_search",
@@ -214,7 +263,13 @@ def write_task(task: Task, out_dir: str | Path, test_fraction: float = 0.2) -> d
     train, test = task.split(test_fraction)
     for name, qs in (("train", train), ("test", test)):
         pd.DataFrame([verl_row(q, name, i) for i, q in enumerate(qs)]).to_parquet(paths[name], index=False)
-    meta = {"seed": task.seed, "entities": task.entities, "questions": [asdict(q) for q in task.questions]}
+    meta = {
+        "version": TASK_VERSION,
+        "seed": task.seed,
+        "entities": task.entities,
+        "facts": task.facts,
+        "questions": [asdict(q) for q in task.questions],
+    }
     paths["task"].write_text(json.dumps(meta, indent=1))
     return paths
 
@@ -225,10 +280,16 @@ def load_task(path: str | Path) -> Task:
     if path.is_dir():
         path = path / "task.json"
     meta = json.loads(path.read_text())
+    if meta.get("version") != TASK_VERSION:
+        raise ValueError(
+            f"{path} was written by another version of the synthetic task (version {meta.get('version')!r}, "
+            f"this code writes {TASK_VERSION}); remove its folder or pick another experiment name"
+        )
     passages = [json.loads(line) for line in open(path.parent / "corpus.jsonl")]
     return Task(
         seed=meta["seed"],
         passages=passages,
         questions=[Question(**q) for q in meta["questions"]],
         entities=meta["entities"],
+        facts=meta["facts"],
     )

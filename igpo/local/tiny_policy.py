@@ -4,7 +4,9 @@ a real checkpoint.
 
 The tokenizer is word-level with exact round trips: the pre-tokenizer splits text into words with an
 optional leading space (``" kavo"``), single punctuation marks with an optional leading space and runs
-of whitespace; the decoder concatenates. The turn tags are single tokens. Text made of the task's
+of whitespace; the decoder concatenates. (Keeping the space inside the word matters: with a separate
+space token, the token before every name is the same space, and the tiny policy never learned to copy
+a name from a passage within the warm-up budget.) The turn tags are single tokens. Text made of the task's
 vocabulary decodes back to itself, so JSON tool calls survive generation; anything else becomes
 ``[UNK]``.
 """

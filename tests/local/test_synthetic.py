@@ -51,7 +51,7 @@ def test_split_is_by_person_and_files_round_trip(task, tmp_path):
 
 def test_teacher_turns_follow_the_grammar_and_the_probabilities(task):
     q = next(q for q in task.questions if q.hops == 3)
-    perfect = teacher_turns(q, task.entities, random.Random(0), p_follow=1.0, p_answer=1.0)
+    perfect = teacher_turns(q, task, random.Random(0), p_follow=1.0, p_answer=1.0)
     assert len(perfect) == 4
     queries = [parse_tool_call(t)[1]["query"][0] for t in perfect[:-1]]
     assert queries == q.path
@@ -59,15 +59,54 @@ def test_teacher_turns_follow_the_grammar_and_the_probabilities(task):
     text = "".join(t + "<tool_response>x</tool_response>" for t in perfect[:-1]) + perfect[-1]
     assert check_format(text) == (True, "ok")
     rng = random.Random(1)
-    answers = [extract_answer(teacher_turns(q, task.entities, rng, p_answer=0.3)[-1]) for _ in range(400)]
+    answers = [
+        extract_answer(teacher_turns(q, task, rng, p_follow=1.0, p_answer=0.3)[-1]) for _ in range(400)
+    ]
     share = sum(a == q.answer for a in answers) / len(answers)
     assert 0.2 < share < 0.4  # binomial(400, 0.3): 5 sd either side
     assert all(a in task.entities[q.kind] for a in answers)
 
 
+def test_teacher_reads_its_answer_off_the_last_passage_it_searched(task):
+    """With p_follow = 0 every later hop is a same-kind distractor of what the previous passage names,
+    and the answer is what the last passage says (read from the corpus text, not from task.facts)."""
+    import re
+
+    by_title = {
+        p["contents"].split("\n")[0].strip('"'): p["contents"].split("\n", 1)[1] for p in task.passages
+    }
+    kinds = {e: k for k, names in task.entities.items() for e in names}
+    cue = {"born_in": "born in", "works_for": "works for", "based_in": "based in", "country_of": "city in"}
+
+    def named(title: str, relation: str) -> str:
+        return re.search(rf"{cue[relation]} (\w+)\.", by_title[title]).group(1)
+
+    rng = random.Random(2)
+    for q in [q for q in task.questions if q.hops > 1][:40]:
+        turns = teacher_turns(q, task, rng, p_follow=0.0, p_answer=1.0)
+        queries = [parse_tool_call(t)[1]["query"][0] for t in turns[:-1]]
+        assert queries[0] == q.path[0] and len(queries) == q.hops
+        for k in range(1, q.hops):
+            right = named(queries[k - 1], q.relations[k - 1])
+            assert queries[k] != right and kinds[queries[k]] == kinds[right]
+        answer = extract_answer(turns[-1])
+        assert answer == named(queries[-1], q.relations[-1]) and kinds[answer] == q.kind
+
+
+def test_a_task_folder_of_another_version_is_refused(task, tmp_path):
+    import json
+
+    write_task(task, tmp_path)
+    meta = json.loads((tmp_path / "task.json").read_text())
+    meta["version"] = 1
+    (tmp_path / "task.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="another version"):
+        load_task(tmp_path)
+
+
 def test_word_tokenizer_round_trips_task_text(task, tmp_path):
     texts = [p["contents"] for p in task.passages] + [q.question for q in task.questions] + [SYSTEM_PROMPT]
-    turns = teacher_turns(task.questions[0], task.entities, random.Random(0))
+    turns = teacher_turns(task.questions[0], task, random.Random(0))
     tok = build_tokenizer(texts + turns)
     for text in texts[:5] + turns:
         ids = tok.encode(text, add_special_tokens=False)
