@@ -33,11 +33,10 @@ from igpo.advantage import compute_igpo_advantage, ig_to_token_rewards
 from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, outcome_reward
 from igpo.info_gain import answer_copy, ground_truth_gain, information_gain, packed_logprobs_with_copies
 from igpo.local.generation import LockstepBatcher
+from igpo.local.synthetic import ANSWER_TEMPLATE
 from igpo.metrics import turn_reward_metrics, zero_advantage_group_share
 from igpo.rollout import Episode, call_handler_tool, run_episode
 from igpo.turns import prefix_ends_from_turn_ends
-
-DEFAULT_TEMPLATE = "<think>Now there's enough information to answer</think><answer>{answer}</answer>"
 
 
 @dataclass
@@ -90,7 +89,8 @@ class LocalConfig:
     gamma: float = 1.0
     ig_basis: str = "logprob"
     format_penalty: float = -1.0
-    answer_template: str = DEFAULT_TEMPLATE
+    # the answer copies information gain scores are written as the task's final turn (igpo.local.synthetic)
+    answer_template: str = ANSWER_TEMPLATE
     # evaluation, checkpoints, logging
     eval_every: int = 10
     eval_size: int = 0
@@ -411,14 +411,21 @@ class LocalEngine:
                 return generate
 
             demos += self.rollouts(order[s : s + chunk], 1, 0.0, seed=s, scripted=scripted)
+        from tqdm import tqdm
+
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.warmup_lr)
+        total = max(1, cfg.warmup_read_steps + cfg.warmup_steps)
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.warmup_lr, total_steps=max(1, cfg.warmup_steps), pct_start=0.1
+            opt, max_lr=cfg.warmup_lr, total_steps=total, pct_start=0.1
         )
         self.policy.train()
         pad = self.tokenizer.pad_token_id
         losses = []
-        for _ in range(cfg.warmup_steps):
+
+        bar = tqdm(
+            range(cfg.warmup_steps), desc="warm-up", unit="step", disable=not cfg.progress, dynamic_ncols=True
+        )
+        for k in bar:
             batch = rng.sample(demos, min(cfg.warmup_batch, len(demos)))
             length = max(len(e.response_ids) for e in batch)
             lp = response_logprobs(self.policy, batch, length, pad)
@@ -430,6 +437,9 @@ class LocalEngine:
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if k % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+        bar.close()
         self.policy.eval()
         if losses:
             self.log(

@@ -1,17 +1,18 @@
 """A synthetic multi-hop search task, generated deterministically from a seed.
 
-A knowledge base of fictional people, companies, cities and countries is written as one passage per
-entity (the corpus the handler's BM25 backend serves). Questions need 1–3 searches:
+A knowledge base of fictional people, companies, cities and countries is written as passages of one
+fact each (the corpus the handler's BM25 backend serves): "P was born in C.", "P works for K.",
+"K is a company based in C.", "C is a city in N.". Questions need 1–3 searches and end with the person:
 
-=====  =====================================================  ==========================
-hops   question                                               search path
-=====  =====================================================  ==========================
-1      where was P born?                                      P
-1      which company does P work for?                         P
-2      in which country was P born?                           P → city
-2      in which city is the company of P based?               P → company
-3      in which country is the company of P based?            P → company → city
-=====  =====================================================  ==========================
+=====  ==========================================================  ========================
+hops   question                                                    search path
+=====  ==========================================================  ========================
+1      where was this person born? P                               P born
+1      which company does this person work for? P                  P works
+2      in which country was this person born? P                    P born → city
+2      in which city is the company of this person based? P        P works → company
+3      in which country is the company of this person based? P     P works → company → city
+=====  ==========================================================  ========================
 
 Every name is made up, so the policy cannot know an answer without searching; the gold answer is
 always written in the last passage of the path. A scripted *teacher* plans the demonstrations of the
@@ -41,7 +42,7 @@ SYSTEM_PROMPT = (
 )
 DATA_SOURCE = "synthetic_multihop"
 #: bumped when the task layout changes, so a stale task folder is refused rather than misread
-TASK_VERSION = 2
+TASK_VERSION = 3
 _CONS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -128,17 +129,16 @@ def make_task(
     born_in = {p: rng.choice(cities) for p in people}
     works_for = {p: rng.choice(companies) for p in people}
 
+    # one fact per passage, its object always the last word: reading a passage is then one copy from
+    # a fixed place, which the tiny policy learns in a few hundred warm-up steps
     passages = []
     for p in people:
-        text = f"{p} was born in {born_in[p]}. {p} works for {works_for[p]}."
-        passages.append({"title": p, "text": text})
+        passages.append({"title": p, "text": f"{p} was born in {born_in[p]}."})
+        passages.append({"title": p, "text": f"{p} works for {works_for[p]}."})
     for c in companies:
         passages.append({"title": c, "text": f"{c} is a company based in {city_of_company[c]}."})
     for c in cities:
         passages.append({"title": c, "text": f"{c} is a city in {country_of[c]}."})
-    for c in countries:
-        members = ", ".join(x for x in cities if country_of[x] == c) or "no listed city"
-        passages.append({"title": c, "text": f"{c} is a country. its cities: {members}."})
     passages = [{"id": str(i), "contents": f'"{d["title"]}"\n{d["text"]}'} for i, d in enumerate(passages)]
 
     facts = {
@@ -148,13 +148,14 @@ def make_task(
         "country_of": country_of,
     }
     templates = [  # (hops, question, relations, answer kind)
-        (1, "where was {p} born?", ["born_in"], "city"),
-        (1, "which company does {p} work for?", ["works_for"], "company"),
-        (2, "in which country was {p} born?", ["born_in", "country_of"], "country"),
-        (2, "in which city is the company of {p} based?", ["works_for", "based_in"], "city"),
+        # the person comes last, so the first query copies it from a fixed place too
+        (1, "where was this person born? {p}", ["born_in"], "city"),
+        (1, "which company does this person work for? {p}", ["works_for"], "company"),
+        (2, "in which country was this person born? {p}", ["born_in", "country_of"], "country"),
+        (2, "in which city is the company of this person based? {p}", ["works_for", "based_in"], "city"),
         (
             3,
-            "in which country is the company of {p} based?",
+            "in which country is the company of this person based? {p}",
             ["works_for", "based_in", "country_of"],
             "country",
         ),
@@ -182,6 +183,17 @@ def _kind_of(entity: str, entities: dict[str, list[str]]) -> str:
     raise KeyError(entity)
 
 
+#: the final turn of the teacher, and the template of the answer copies that information gain scores
+ANSWER_TEMPLATE = "<think> the answer is </think>\n<answer> {answer} </answer>"
+#: the word a query adds to a person's name to find the passage of one fact
+QUERY_WORD = {"born_in": "born", "works_for": "works"}
+#: the words of a passage that state each relation
+RELATION_CUE = {
+    "born_in": "was born in",
+    "works_for": "works for",
+    "based_in": "based in",
+    "country_of": "is a city in",
+}
 #: the entity kind each relation points to
 RELATION_KIND = {"born_in": "city", "works_for": "company", "based_in": "city", "country_of": "country"}
 
@@ -216,12 +228,23 @@ def teacher_turns(
             entity = task.facts[rel][entity]
             if rng.random() >= p_follow:
                 entity = distractor(RELATION_KIND[rel], entity)
-        turns.append(f"<think>search {entity}</think>\n" + format_tool_call("search", {"query": [entity]}))
+        query = search_query(entity, q.relations[k])
+        # names are written with a leading space everywhere (question, passage, query, answer), so the
+        # word-level tokenizer gives a name the same token wherever the policy reads or writes it
+        turns.append(
+            f"<think> search {query} </think>\n" + format_tool_call("search", {"query": [" " + query]})
+        )
     answer = task.facts[q.relations[-1]][entity]
     if rng.random() >= p_answer:
         answer = distractor(q.kind, answer)
-    turns.append(f"<think>the answer is {answer}</think>\n<answer>{answer}</answer>")
+    turns.append(ANSWER_TEMPLATE.replace("{answer}", answer))
     return turns
+
+
+def search_query(entity: str, relation: str) -> str:
+    """The teacher's query for ``entity`` when it needs ``relation`` (a person has one passage per fact)."""
+    word = QUERY_WORD.get(relation)
+    return f"{entity} {word}" if word else entity
 
 
 def verl_row(q: Question, split: str, index: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from igpo.answer import check_format, extract_answer
-from igpo.local.synthetic import SYSTEM_PROMPT, load_task, make_task, teacher_turns, write_task
+from igpo.local.synthetic import SYSTEM_PROMPT, load_task, make_task, search_query, teacher_turns, write_task
 from igpo.local.tiny_policy import TAGS, build_policy, build_tokenizer, load_policy, save_policy, word_pieces
 from igpo.prompts import parse_tool_call
 
@@ -22,14 +22,35 @@ def test_same_seed_same_task_other_seed_other_task(task):
     assert make_task(seed=4, n_people=20, n_companies=6, n_cities=5, n_countries=3).passages != task.passages
 
 
-def test_every_answer_is_written_in_the_passage_of_the_last_hop(task):
-    by_title = {p["contents"].split("\n")[0].strip('"'): p["contents"] for p in task.passages}
-    assert len(by_title) == len(task.passages)  # titles are unique, so a search for a name finds it
+def _facts_from_corpus(task) -> dict[tuple[str, str], str]:
+    """(subject, cue) -> object, parsed from the passage texts alone (independent of task.facts)."""
+    import re
+
+    out = {}
+    for p in task.passages:
+        title, text = p["contents"].split("\n", 1)
+        m = re.fullmatch(r"(.+) (was born in|works for|is a company based in|is a city in) (\w+)\.", text)
+        assert m and m.group(1) == title.strip('"'), text  # one fact per passage, its object last
+        out[(m.group(1), m.group(2))] = m.group(3)
+    return out
+
+
+CUE = {
+    "born_in": "was born in",
+    "works_for": "works for",
+    "based_in": "is a company based in",
+    "country_of": "is a city in",
+}
+
+
+def test_every_answer_is_read_along_the_path_from_the_corpus(task):
+    facts = _facts_from_corpus(task)
     for q in task.questions:
-        assert len(q.path) == q.hops
-        assert q.answer in by_title[q.path[-1]].split("\n", 1)[1]
-        for prev, nxt in zip(q.path, q.path[1:], strict=False):  # each hop's entity is named one hop before
-            assert nxt in by_title[prev]
+        assert len(q.path) == q.hops == len(q.relations)
+        assert q.question.endswith(" " + q.path[0])  # the person is the last thing the question says
+        for k, rel in enumerate(q.relations):
+            nxt = q.path[k + 1] if k + 1 < q.hops else q.answer
+            assert facts[(q.path[k], CUE[rel])] == nxt
     assert {q.hops for q in task.questions} == {1, 2, 3}
     assert len(task.questions) == 20 * 5
 
@@ -54,7 +75,8 @@ def test_teacher_turns_follow_the_grammar_and_the_probabilities(task):
     perfect = teacher_turns(q, task, random.Random(0), p_follow=1.0, p_answer=1.0)
     assert len(perfect) == 4
     queries = [parse_tool_call(t)[1]["query"][0] for t in perfect[:-1]]
-    assert queries == q.path
+    assert queries == [" " + search_query(e, r) for e, r in zip(q.path, q.relations, strict=True)]
+    assert queries[0] == f" {q.path[0]} works"  # a person has one passage per fact: the query names it
     assert extract_answer(perfect[-1]) == q.answer
     text = "".join(t + "<tool_response>x</tool_response>" for t in perfect[:-1]) + perfect[-1]
     assert check_format(text) == (True, "ok")
@@ -70,27 +92,18 @@ def test_teacher_turns_follow_the_grammar_and_the_probabilities(task):
 def test_teacher_reads_its_answer_off_the_last_passage_it_searched(task):
     """With p_follow = 0 every later hop is a same-kind distractor of what the previous passage names,
     and the answer is what the last passage says (read from the corpus text, not from task.facts)."""
-    import re
-
-    by_title = {
-        p["contents"].split("\n")[0].strip('"'): p["contents"].split("\n", 1)[1] for p in task.passages
-    }
+    facts = _facts_from_corpus(task)
     kinds = {e: k for k, names in task.entities.items() for e in names}
-    cue = {"born_in": "born in", "works_for": "works for", "based_in": "based in", "country_of": "city in"}
-
-    def named(title: str, relation: str) -> str:
-        return re.search(rf"{cue[relation]} (\w+)\.", by_title[title]).group(1)
-
     rng = random.Random(2)
     for q in [q for q in task.questions if q.hops > 1][:40]:
         turns = teacher_turns(q, task, rng, p_follow=0.0, p_answer=1.0)
-        queries = [parse_tool_call(t)[1]["query"][0] for t in turns[:-1]]
-        assert queries[0] == q.path[0] and len(queries) == q.hops
+        entities = [parse_tool_call(t)[1]["query"][0].strip() for t in turns[:-1]]
+        entities[0] = q.path[0]  # the person's query carries the fact's word
         for k in range(1, q.hops):
-            right = named(queries[k - 1], q.relations[k - 1])
-            assert queries[k] != right and kinds[queries[k]] == kinds[right]
+            right = facts[(entities[k - 1], CUE[q.relations[k - 1]])]
+            assert entities[k] != right and kinds[entities[k]] == kinds[right]
         answer = extract_answer(turns[-1])
-        assert answer == named(queries[-1], q.relations[-1]) and kinds[answer] == q.kind
+        assert answer == facts[(entities[-1], CUE[q.relations[-1]])] and kinds[answer] == q.kind
 
 
 def test_a_task_folder_of_another_version_is_refused(task, tmp_path):
