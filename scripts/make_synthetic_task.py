@@ -11,19 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 
+from igpo.local.engine import LocalConfig
 from igpo.local.synthetic import make_task, write_task
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--people", type=int, default=60)
-    ap.add_argument("--companies", type=int, default=16)
-    ap.add_argument("--cities", type=int, default=12)
-    ap.add_argument("--countries", type=int, default=5)
-    ap.add_argument("--hops", default="1,2,3", help="comma-separated subset of 1,2,3")
-    ap.add_argument("--test-fraction", type=float, default=0.2)
+    d = LocalConfig()  # the embedded default's task unless told otherwise
+    ap.add_argument("--seed", type=int, default=d.task_seed)
+    ap.add_argument("--people", type=int, default=d.n_people)
+    ap.add_argument("--companies", type=int, default=d.n_companies)
+    ap.add_argument("--cities", type=int, default=d.n_cities)
+    ap.add_argument("--countries", type=int, default=d.n_countries)
+    ap.add_argument("--hops", default=",".join(map(str, d.hops)), help="comma-separated subset of 1,2,3")
+    ap.add_argument("--test-fraction", type=float, default=d.test_fraction)
     args = ap.parse_args()
     try:
         hops = tuple(int(h) for h in args.hops.split(","))

@@ -49,18 +49,18 @@ class LocalConfig:
     seed: int = 0
     # synthetic task
     task_seed: int = 0
-    n_people: int = 60
-    n_companies: int = 16
-    n_cities: int = 12
-    n_countries: int = 5
+    n_people: int = 1000
+    n_companies: int = 60
+    n_cities: int = 40
+    n_countries: int = 8
     hops: list[int] = field(default_factory=lambda: [1, 2, 3])
-    test_fraction: float = 0.2
+    test_fraction: float = 0.1
     # policy
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4
     # warm-up (supervised fine-tuning on noisy teacher demonstrations)
-    warmup_steps: int = 150
+    warmup_steps: int = 800
     warmup_demos: int = 3000
     warmup_lr: float = 3e-3
     warmup_batch: int = 16
@@ -93,7 +93,7 @@ class LocalConfig:
     answer_template: str = ANSWER_TEMPLATE
     # evaluation, checkpoints, logging
     eval_every: int = 10
-    eval_size: int = 0
+    eval_size: int = 200
     save_every: int = 10
     resume: bool = True
     handler_url: str | None = None
@@ -414,9 +414,8 @@ class LocalEngine:
         from tqdm import tqdm
 
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.warmup_lr)
-        total = max(1, cfg.warmup_read_steps + cfg.warmup_steps)
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.warmup_lr, total_steps=total, pct_start=0.1
+            opt, max_lr=cfg.warmup_lr, total_steps=max(1, cfg.warmup_steps), pct_start=0.1
         )
         self.policy.train()
         pad = self.tokenizer.pad_token_id
