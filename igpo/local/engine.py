@@ -60,12 +60,15 @@ class LocalConfig:
     layers: int = 2
     heads: int = 4
     # warm-up (supervised fine-tuning on noisy teacher demonstrations)
-    warmup_steps: int = 800
+    warmup_steps: int = 600
     warmup_demos: int = 3000
     warmup_lr: float = 3e-3
     warmup_batch: int = 16
-    p_follow: float = 0.5
+    #: loss weight of entity-name tokens against the turn format's (copying names is what is hard)
+    warmup_name_weight: float = 10.0
+    p_follow: float = 1.0
     p_answer: float = 1.0
+    p_search: float = 0.5
     # rollout
     max_turns: int = 4
     max_turn_tokens: int = 48
@@ -388,7 +391,10 @@ class LocalEngine:
 
         ``warmup_demos`` noisy plans (training questions in shuffled rounds) are played against the real
         handler (so the tool responses and token layout are exactly those of RL), then ``warmup_steps``
-        AdamW steps on random batches of them (one-cycle learning rate), loss on model tokens only.
+        AdamW steps on random batches of them (one-cycle learning rate), loss on model tokens only, with
+        entity-name tokens weighted ``warmup_name_weight`` times: the format is learned in a few dozen
+        steps, and without the weight the few name tokens hardly move the tiny policy off its plateau
+        (names copied right after 400 steps: 3% unweighted, 16% weighted on the 70-token prompt of v3).
         """
         from igpo.local.synthetic import teacher_turns
 
@@ -397,7 +403,7 @@ class LocalEngine:
         order = [q for _ in range(math.ceil(cfg.warmup_demos / len(self.train_q))) for q in self.train_q]
         rng.shuffle(order)
         order = order[: cfg.warmup_demos]
-        plans = [teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer) for q in order]
+        plans = [teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer, cfg.p_search) for q in order]
         demos: list[Episode] = []
         chunk = 512  # episodes in flight at once against the handler
         for s in range(0, len(order), chunk):
@@ -419,6 +425,7 @@ class LocalEngine:
         )
         self.policy.train()
         pad = self.tokenizer.pad_token_id
+        names = torch.tensor(sorted(self.name_token_ids()))
         losses = []
 
         bar = tqdm(
@@ -429,7 +436,9 @@ class LocalEngine:
             length = max(len(e.response_ids) for e in batch)
             lp = response_logprobs(self.policy, batch, length, pad)
             mask = pad_right([e.response_mask for e in batch], length)
-            loss = -(lp * mask).sum() / mask.sum()
+            ids = pad_right([e.response_ids for e in batch], length, value=pad).long()
+            weight = mask * torch.where(torch.isin(ids, names), cfg.warmup_name_weight, 1.0)
+            loss = -(lp * weight).sum() / weight.sum()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.policy.parameters(), 1.0)
@@ -449,6 +458,11 @@ class LocalEngine:
             "warmup/loss_first": losses[0] if losses else math.nan,
             "warmup/loss_last": float(np.mean(losses[-10:])) if losses else math.nan,
         }
+
+    def name_token_ids(self) -> set[int]:
+        """Token ids of the task's entity names as the policy reads and writes them (leading space)."""
+        vocab = self.tokenizer.get_vocab()
+        return {vocab[" " + w] for names in self.task.entities.values() for n in names for w in n.split()}
 
     # -- one RL step --------------------------------------------------------------------------------
     def batch_questions(self, step: int):

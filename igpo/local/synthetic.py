@@ -16,13 +16,14 @@ hops   question                                                    search path
 
 Every name is made up, so the policy cannot know an answer without searching; the gold answer is
 always written in the last passage of the path. A scripted *teacher* plans the demonstrations of the
-warm-up. It searches the question's entity first; at each further hop it searches the entity that the
-last passage names for the needed relation only with probability ``p_follow`` (else a distractor of
-the same kind); then it answers with what the *last passage it read* says for the question's
-relation (with probability ``p_answer``; else a same-kind distractor). The warmed policy thus knows
-the turn format and how to read a name off a passage, but not which entity to follow: about half of
-its multi-hop answers are read off the wrong passage. RL must fix that, and information gain rewards
-it turn by turn (the right passage raises the probability of the gold answer, a wrong one does not).
+warm-up. It searches the question's person first; before each further hop it stops early with
+probability ``1 - p_search`` (else it searches the entity the last passage names, or with probability
+``1 - p_follow`` a same-kind distractor); it then answers with what the *last passage it read* says
+(with probability ``p_answer``; else a same-kind distractor). The warmed policy thus knows the turn
+format and how to copy a name off a passage, but not *how far to search*: it stops a multi-hop question
+early about half of the time and answers with the wrong kind of entity (a city for a country). RL must
+learn the search depth of each question, and information gain rewards it turn by turn (the passage of
+the next hop raises the probability of the gold answer; answering early earns nothing).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from typing import Any
 
 from igpo.prompts import format_tool_call
 
-SYSTEM_PROMPT = (
-    "answer the question. you may search the corpus first. each turn is <think> ... </think> then either "
-    '<tool_call> {"name": "search", "arguments": {"query": ["..."]}} </tool_call> or <answer> ... </answer>.'
-)
+#: Short on purpose: every prompt token dilutes the attention of a randomly initialised policy. With a
+#: 70-token prompt describing the turn format the tiny policy had not learned to copy a name off a
+#: passage after 800 warm-up steps; with this one it copies 98% of answers right after 300.
+SYSTEM_PROMPT = "answer the question. search first."
 DATA_SOURCE = "synthetic_multihop"
 #: bumped when the task layout changes, so a stale task folder is refused rather than misread
-TASK_VERSION = 3
+TASK_VERSION = 4
 _CONS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
 
@@ -202,15 +203,18 @@ def teacher_turns(
     q: Question,
     task: Task,
     rng: random.Random,
-    p_follow: float = 0.5,
+    p_follow: float = 1.0,
     p_answer: float = 1.0,
+    p_search: float = 1.0,
 ) -> list[str]:
     """Planned model turns (text) of one demonstration; tool responses come from the real handler.
 
-    Hop k > 0 searches the entity the previous passage names for ``q.relations[k-1]`` with
-    probability ``p_follow``, else a same-kind distractor; the answer is what the last searched
-    passage says for ``q.relations[-1]`` with probability ``p_answer``, else a same-kind distractor.
-    With ``p_follow = p_answer = 1`` the plan is the gold path and the gold answer.
+    Hop 0 searches the question's person. Before each hop k > 0 the teacher answers early with
+    probability ``1 - p_search``; else it searches the entity the previous passage names for
+    ``q.relations[k-1]`` with probability ``p_follow``, or a same-kind distractor. The answer is what
+    the last searched passage says (its relation's object) with probability ``p_answer``, else a
+    same-kind distractor. With ``p_follow = p_answer = p_search = 1`` the plan is the gold path and
+    the gold answer.
     """
     if not q.relations or not task.facts:
         raise ValueError(
@@ -221,22 +225,24 @@ def teacher_turns(
         return rng.choice([e for e in task.entities[kind] if e != avoid])
 
     turns = []
-    entity = q.path[0]
+    entity, relation = q.path[0], q.relations[0]
     for k in range(q.hops):
         if k > 0:
-            rel = q.relations[k - 1]
-            entity = task.facts[rel][entity]
+            if rng.random() >= p_search:
+                break
+            entity = task.facts[relation][entity]
             if rng.random() >= p_follow:
-                entity = distractor(RELATION_KIND[rel], entity)
-        query = search_query(entity, q.relations[k])
+                entity = distractor(RELATION_KIND[relation], entity)
+            relation = q.relations[k]
+        query = search_query(entity, relation)
         # names are written with a leading space everywhere (question, passage, query, answer), so the
         # word-level tokenizer gives a name the same token wherever the policy reads or writes it
         turns.append(
             f"<think> search {query} </think>\n" + format_tool_call("search", {"query": [" " + query]})
         )
-    answer = task.facts[q.relations[-1]][entity]
+    answer = task.facts[relation][entity]
     if rng.random() >= p_answer:
-        answer = distractor(q.kind, answer)
+        answer = distractor(RELATION_KIND[relation], answer)
     turns.append(ANSWER_TEMPLATE.replace("{answer}", answer))
     return turns
 

@@ -106,6 +106,32 @@ def test_teacher_reads_its_answer_off_the_last_passage_it_searched(task):
         assert answer == facts[(entities[-1], CUE[q.relations[-1]])] and kinds[answer] == q.kind
 
 
+def test_teacher_stopping_early_answers_with_the_wrong_kind(task):
+    """With p_search = 0 the teacher searches once and answers with what that passage says (read from
+    the corpus text): for a multi-hop question that is an entity of another kind than the gold answer."""
+    facts = _facts_from_corpus(task)
+    kinds = {e: k for k, names in task.entities.items() for e in names}
+    rng = random.Random(3)
+    for q in [q for q in task.questions if q.hops > 1][:40]:
+        turns = teacher_turns(q, task, rng, p_search=0.0)
+        assert len(turns) == 2
+        assert parse_tool_call(turns[0])[1]["query"] == [" " + search_query(q.path[0], q.relations[0])]
+        answer = extract_answer(turns[-1])
+        assert answer == facts[(q.path[0], CUE[q.relations[0]])]
+        assert kinds[answer] != q.kind
+
+
+def test_teacher_search_depth_follows_p_search(task):
+    """Each further hop is taken with probability p_search: 2-hop plans search twice with p, 3-hop plans
+    three times with p^2; 1-hop plans always search once."""
+    rng = random.Random(4)
+    for hops, expected in ((1, 1.0), (2, 0.6), (3, 0.36)):
+        q = next(q for q in task.questions if q.hops == hops)
+        full = [len(teacher_turns(q, task, rng, p_search=0.6)) == hops + 1 for _ in range(600)]
+        sd = (expected * (1 - expected) / 600) ** 0.5
+        assert abs(sum(full) / 600 - expected) <= 5 * sd + 1e-9
+
+
 def test_a_task_folder_of_another_version_is_refused(task, tmp_path):
     import json
 
