@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,15 +386,36 @@ class LocalEngine:
             return asyncio.run(self._episodes(prompts, seeds, temperature, scripted))
 
     # -- warm-up ------------------------------------------------------------------------------------
-    def warmup(self) -> dict[str, float]:
+    def demonstrations(self, plans: Sequence[tuple[Any, list[str]]], seed: int = 0) -> list[Episode]:
+        """Play planned model turns (``(question, turns)`` pairs) against the real handler.
+
+        The tool responses and the token layout are exactly those of RL; the model is not called.
+        """
+        demos: list[Episode] = []
+        chunk = 512  # episodes in flight at once against the handler
+        for s in range(0, len(plans), chunk):
+
+            def scripted(i: int, s=s):
+                turns = iter(plans[s + i][1])
+
+                async def generate(prompt_ids, max_new_tokens, stop):
+                    return self.tokenizer.encode(next(turns), add_special_tokens=False)
+
+                return generate
+
+            questions = [q for q, _ in plans[s : s + chunk]]
+            demos += self.rollouts(questions, 1, 0.0, seed=seed + s, scripted=scripted)
+        return demos
+
+    def warmup(self, callback: Callable[[int, float], None] | None = None) -> dict[str, float]:
         """Supervised fine-tuning on noisy teacher demonstrations (format and search habit, not answers).
 
         ``warmup_demos`` noisy plans (training questions in shuffled rounds) are played against the real
-        handler (so the tool responses and token layout are exactly those of RL), then ``warmup_steps``
-        AdamW steps on random batches of them (one-cycle learning rate), loss on model tokens only, with
-        entity-name tokens weighted ``warmup_name_weight`` times: the format is learned in a few dozen
-        steps, and without the weight the few name tokens hardly move the tiny policy off its plateau
-        (names copied right after 400 steps: 3% unweighted, 16% weighted on the 70-token prompt of v3).
+        handler, then ``warmup_steps`` AdamW steps on random batches of them (one-cycle learning rate),
+        loss on model tokens only, with entity-name tokens weighted ``warmup_name_weight`` times: the
+        format is learned in a few dozen steps, and without the weight the few name tokens hardly move
+        the tiny policy off its plateau (``scripts/bench_warmup.py``). ``callback(step, loss)`` is
+        called after every step (the warm-up benchmark probes the policy there).
         """
         from igpo.local.synthetic import teacher_turns
 
@@ -403,20 +424,9 @@ class LocalEngine:
         order = [q for _ in range(math.ceil(cfg.warmup_demos / len(self.train_q))) for q in self.train_q]
         rng.shuffle(order)
         order = order[: cfg.warmup_demos]
-        plans = [teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer, cfg.p_search) for q in order]
-        demos: list[Episode] = []
-        chunk = 512  # episodes in flight at once against the handler
-        for s in range(0, len(order), chunk):
-
-            def scripted(i: int, s=s):
-                turns = iter(plans[s + i])
-
-                async def generate(prompt_ids, max_new_tokens, stop):
-                    return self.tokenizer.encode(next(turns), add_special_tokens=False)
-
-                return generate
-
-            demos += self.rollouts(order[s : s + chunk], 1, 0.0, seed=s, scripted=scripted)
+        demos = self.demonstrations(
+            [(q, teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer, cfg.p_search)) for q in order]
+        )
         from tqdm import tqdm
 
         opt = torch.optim.AdamW(self.policy.parameters(), lr=cfg.warmup_lr)
@@ -445,6 +455,8 @@ class LocalEngine:
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if callback is not None:
+                callback(k + 1, losses[-1])
             if k % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
         bar.close()
