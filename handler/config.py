@@ -191,6 +191,8 @@ def validate(cfg: HandlerConfig) -> HandlerConfig:
         raise ConfigError(f"config key 'port': {cfg.port} is not a TCP port")
     if cfg.workers < 1:
         raise ConfigError(f"config key 'workers': {cfg.workers} must be >= 1")
+    if not cfg.retrieve_timeout_s > 0:
+        raise ConfigError(f"config key 'retrieve_timeout_s': {cfg.retrieve_timeout_s:g} must be > 0")
     return cfg
 
 

@@ -35,6 +35,9 @@ def test_config_overrides_and_errors(tmp_path) -> None:
         load_config(None, {"backend": "bm26"})
     with pytest.raises(ConfigError, match="config key 'port': expected an integer, got '80'"):
         load_config(None, {"port": "80"})
+    for bad in (0, -1.5):  # a zero timeout would turn every retrieve into a 504
+        with pytest.raises(ConfigError, match=f"config key 'retrieve_timeout_s': {bad} must be > 0"):
+            load_config(None, {"retrieve_timeout_s": bad})
 
 
 def test_corpus_errors_name_line_and_field(tmp_path) -> None:
