@@ -69,6 +69,7 @@ class LocalConfig:
     p_follow: float = 1.0
     p_answer: float = 1.0
     p_search: float = 0.5
+    p_recall: float = 0.0
     # rollout
     max_turns: int = 4
     max_turn_tokens: int = 48
@@ -425,7 +426,10 @@ class LocalEngine:
         rng.shuffle(order)
         order = order[: cfg.warmup_demos]
         demos = self.demonstrations(
-            [(q, teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer, cfg.p_search)) for q in order]
+            [
+                (q, teacher_turns(q, self.task, rng, cfg.p_follow, cfg.p_answer, cfg.p_search, cfg.p_recall))
+                for q in order
+            ]
         )
         from tqdm import tqdm
 

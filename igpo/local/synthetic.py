@@ -206,6 +206,7 @@ def teacher_turns(
     p_follow: float = 1.0,
     p_answer: float = 1.0,
     p_search: float = 1.0,
+    p_recall: float = 0.0,
 ) -> list[str]:
     """Planned model turns (text) of one demonstration; tool responses come from the real handler.
 
@@ -213,7 +214,8 @@ def teacher_turns(
     probability ``1 - p_search``; else it searches the entity the previous passage names for
     ``q.relations[k-1]`` with probability ``p_follow``, or a same-kind distractor. The answer is what
     the last searched passage says (its relation's object) with probability ``p_answer``, else a
-    same-kind distractor. With ``p_follow = p_answer = p_search = 1`` the plan is the gold path and
+    same-kind distractor; a country question stopped at a city is answered with the city's country
+    ("from memory") with probability ``p_recall``. With ``p_follow = p_answer = p_search = 1`` the plan is the gold path and
     the gold answer.
     """
     if not q.relations or not task.facts:
@@ -241,7 +243,9 @@ def teacher_turns(
             f"<think> search {query} </think>\n" + format_tool_call("search", {"query": [" " + query]})
         )
     answer = task.facts[relation][entity]
-    if rng.random() >= p_answer:
+    if p_recall > 0 and q.kind == "country" and RELATION_KIND[relation] == "city" and rng.random() < p_recall:
+        answer = task.facts["country_of"][answer]  # stopped at a city: answer its country from memory
+    elif rng.random() >= p_answer:
         answer = distractor(RELATION_KIND[relation], answer)
     turns.append(ANSWER_TEMPLATE.replace("{answer}", answer))
     return turns

@@ -132,6 +132,23 @@ def test_teacher_search_depth_follows_p_search(task):
         assert abs(sum(full) / 600 - expected) <= 5 * sd + 1e-9
 
 
+def test_teacher_recall_answers_a_city_s_country_from_memory(task):
+    """With p_search = 0 and p_recall = 1, a country question whose only passage names a city is
+    answered with that city's country (as the corpus states it); other stops are copied as before."""
+    facts = _facts_from_corpus(task)
+    rng = random.Random(5)
+    seen = set()
+    for q in [q for q in task.questions if q.hops > 1][:60]:
+        answer = extract_answer(teacher_turns(q, task, rng, p_search=0.0, p_recall=1.0)[-1])
+        read = facts[(q.path[0], CUE[q.relations[0]])]
+        if q.kind == "country" and q.relations[0] == "born_in":
+            assert answer == facts[(read, CUE["country_of"])] == q.answer
+        else:  # a company (3-hop stop) or a city question: copied off the passage
+            assert answer == read
+        seen.add((q.kind, q.relations[0]))
+    assert {("country", "born_in"), ("country", "works_for"), ("city", "works_for")} <= seen
+
+
 def test_a_task_folder_of_another_version_is_refused(task, tmp_path):
     import json
 
