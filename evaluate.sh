@@ -22,10 +22,8 @@ score_rollout() {
   echo "scores:  $score"
 }
 
-engine="${IGPO_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then engine=verl; else engine=local; fi
-fi
+source scripts/engine.sh  # (the working directory is the repository root here)
+engine="$(igpo_engine)" || exit 2
 
 case "$engine" in
   local)

@@ -27,10 +27,8 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   exec "$PY" -m igpo.verl.main --cfg job --resolve "$@"
 fi
 
-engine="${IGPO_ENGINE:-}"
-if [[ -z "$engine" ]]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then engine=verl; else engine=local; fi
-fi
+source scripts/engine.sh  # (the working directory is the repository root here)
+engine="$(igpo_engine)" || exit 2
 
 case "$engine" in
   local)
