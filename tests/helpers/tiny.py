@@ -187,3 +187,28 @@ class TinyServerManager:
                         break
                 inp = torch.tensor([[tok]])
         return out, (lps if want_lp else None), "completed"
+
+
+#: a tiny decoder shared by the information-gain tests; a large init range gives peaked outputs, so
+#: differences between turns stand far above float tolerances
+SMALL_DECODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.3,
+)
+
+
+def small_decoder_config(arch: str, vocab_size: int, max_positions: int = 4096, **extra):
+    """A ``SMALL_DECODER``-sized config of ``arch`` (qwen2, llama, mistral or qwen3)."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    kw = dict(SMALL_DECODER, vocab_size=vocab_size, max_position_embeddings=max_positions, **extra)
+    if arch == "mistral":
+        kw.setdefault("sliding_window", None)
+    if arch == "qwen3":
+        kw.setdefault("head_dim", 8)
+    classes = {"qwen2": Qwen2Config, "llama": LlamaConfig, "mistral": MistralConfig, "qwen3": Qwen3Config}
+    return classes[arch](**kw)

@@ -7,13 +7,15 @@ Tiny random Qwen2 / Llama models in float64; references are a plain forward (old
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from tensordict import TensorDict
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM
 from verl import DataProto
 from verl.utils import tensordict_utils as tu
 
@@ -31,24 +33,20 @@ from igpo.verl.ig_recompute import (
     trajectory_values,
 )
 
+_TESTS = Path(__file__).resolve().parents[1]
+if str(_TESTS) not in sys.path:
+    sys.path.insert(0, str(_TESTS))
+
+from helpers.tiny import small_decoder_config  # noqa: E402
+
 V = 97
-SMALL = dict(
-    vocab_size=V,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    initializer_range=0.3,
-)
 _MODELS: dict[str, torch.nn.Module] = {}
 
 
 def model_for(arch: str) -> torch.nn.Module:
     if arch not in _MODELS:
         torch.manual_seed(7)
-        cfg = Qwen2Config(**SMALL) if arch == "qwen2" else LlamaConfig(**SMALL)
+        cfg = small_decoder_config(arch, V, max_positions=1024)
         _MODELS[arch] = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").double().eval()
     return _MODELS[arch]
 
