@@ -66,6 +66,7 @@ class LocalConfig:
     warmup_batch: int = 16
     #: loss weight of entity-name tokens against the turn format's (copying names is what is hard)
     warmup_name_weight: float = 10.0
+    # the teacher's noise (igpo.local.synthetic.teacher_turns)
     p_follow: float = 1.0
     p_answer: float = 1.0
     p_search: float = 0.5

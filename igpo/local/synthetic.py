@@ -22,8 +22,10 @@ probability ``1 - p_search`` (else it searches the entity the last passage names
 (with probability ``p_answer``; else a same-kind distractor). The warmed policy thus knows the turn
 format and how to copy a name off a passage, but not *how far to search*: it stops a multi-hop question
 early about half of the time and answers with the wrong kind of entity (a city for a country). RL must
-learn the search depth of each question, and information gain rewards it turn by turn (the passage of
-the next hop raises the probability of the gold answer; answering early earns nothing).
+learn the search depth of each question. Information gain rewards the search that reads the last
+passage of the path (it raises the probability of the gold answer; earlier passages hardly do), so on
+this task it credits the same rollouts as the outcome (docs/benchmarks.md has what that means for the
+IGPO-vs-GRPO comparison).
 """
 
 from __future__ import annotations
