@@ -9,7 +9,7 @@ Every run shares one task and one warmed-up policy (the warm-up is part of the s
 comparison: by default one warm-up serves all seeds, ``--warmup-per-seed`` warms up once per seed), then
 trains ``steps`` steps with its ``reward_mode``; the seed sets the questions of each step and the
 sampling. Per mode and seed the JSON holds
-the sampled training F1 per step, the test F1 at each evaluation, the zero-advantage group share of the
+the sampled training F1 per step, the test F1 at each evaluation (also per number of hops), the zero-advantage group share of the
 batch under the run's own estimator and under the outcome-only one, tokens used for updates, and wall
 time. Also written: a PNG with mean curves and min-max spread per mode, and a summary of the goal of
 issue 7 (steps IGPO needs to reach GRPO's final F1, as a share of GRPO's steps; zero-advantage share
@@ -162,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                 "zero_adv_share": [r[own] for r in train],
                 "zero_adv_share_outcome_only": [r["igpo/zero_adv_group_share_grpo"] for r in train],
                 "test_f1": {r["step"]: r["eval/f1"] for r in rows if "eval/f1" in r},
+                "test_f1_by_hops": {
+                    r["step"]: {
+                        k.removeprefix("eval/f1_hops"): v
+                        for k, v in r.items()
+                        if k.startswith("eval/f1_hops")
+                    }
+                    for r in rows
+                    if "eval/f1" in r
+                },
                 "tokens_used": float(sum(r["tokens/update"] for r in train)),
                 "wall_s": time.perf_counter() - t0,
             }

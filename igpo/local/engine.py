@@ -657,8 +657,13 @@ class LocalEngine:
             for q, ep in zip(qs, eps, strict=True)
         ]
         f1 = [f1_score(r["prediction"], [r["ground_truth"][0]]) for r in records]
+        by_hops = {  # which question depths the policy solves (the RL phase has to learn the deep ones)
+            f"eval/f1_hops{h}": float(np.mean([x for x, q in zip(f1, qs, strict=True) if q.hops == h]))
+            for h in sorted({q.hops for q in qs})
+        }
         return records, {
             "eval/f1": float(np.mean(f1)),
+            **by_hops,
             "eval/answered": float(np.mean([r["prediction"] is not None for r in records])),
         }
 

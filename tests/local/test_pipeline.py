@@ -152,3 +152,17 @@ def test_updates_lower_the_loss_on_a_fixed_batch(engine, first_batch):
     for _ in range(3):
         engine.update(b)
     assert surrogate() < before
+
+
+def test_evaluation_scores_each_question_depth(engine):
+    """eval/f1 is the question-weighted mean of the per-depth F1s, recomputed from the records."""
+    from igpo.answer import f1_score
+
+    records, m = engine.evaluate()
+    hops = sorted({r["hops"] for r in records})
+    assert hops and all(f"eval/f1_hops{h}" in m for h in hops)
+    for h in hops:
+        mine = [f1_score(r["prediction"], [r["ground_truth"][0]]) for r in records if r["hops"] == h]
+        assert m[f"eval/f1_hops{h}"] == pytest.approx(sum(mine) / len(mine))
+    weighted = sum(m[f"eval/f1_hops{h}"] * sum(r["hops"] == h for r in records) for h in hops) / len(records)
+    assert m["eval/f1"] == pytest.approx(weighted)
