@@ -41,5 +41,4 @@ case "$engine" in
       --out-dir "outputs/${IGPO_PROJECT:-igpo}/${IGPO_EXPERIMENT:-eval}/rollout" | tail -n 1)
     score_rollout "$rollout"
     ;;
-  *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;
 esac

@@ -81,5 +81,4 @@ PYEOF
     export IGPO_HANDLER_URLS="${IGPO_HANDLER_URLS:-$HANDLER_URL}"  # read by configs/tools/search_tool.yaml
     "$PY" -m igpo.verl.main "$@"
     ;;
-  *) echo "IGPO_ENGINE must be 'verl' or 'local', got '$engine'" >&2; exit 2 ;;
 esac

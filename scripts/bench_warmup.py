@@ -25,8 +25,7 @@ import time
 import torch
 
 import igpo.local.synthetic as synthetic
-from igpo.local.engine import LocalEngine, load_config
-from igpo.local.tiny_policy import build_policy, build_tokenizer
+from igpo.local.engine import LocalEngine, load_config, right_padded
 from igpo.local.train import DEFAULT_CONFIG
 
 
@@ -39,12 +38,7 @@ def copy_accuracy(engine: LocalEngine, episodes, names: set[int]) -> tuple[float
     with torch.no_grad():
         for s in range(0, len(episodes), 50):
             batch = episodes[s : s + 50]
-            seqs = [e.prompt_ids + e.response_ids for e in batch]
-            ids = torch.full((len(seqs), max(map(len, seqs))), pad)
-            att = torch.zeros_like(ids)
-            for i, q in enumerate(seqs):
-                ids[i, : len(q)] = torch.tensor(q)
-                att[i, : len(q)] = 1
+            ids, att = right_padded([e.prompt_ids + e.response_ids for e in batch], pad)
             pred = engine.policy(input_ids=ids, attention_mask=att).logits.argmax(-1)
             for i, e in enumerate(batch):
                 p0 = len(e.prompt_ids) - 1  # logits at p0 + j predict response token j
@@ -77,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.prepare_task()
         engine.start_handler()
         try:
-            engine.tokenizer = build_tokenizer(engine._tokenizer_texts())
-            engine.policy = build_policy(
-                engine.tokenizer, cfg.hidden_size, cfg.layers, cfg.heads, seed=cfg.seed
-            )
+            engine.new_policy()
             rng = random.Random(1)
             test = engine.test_q[: args.probe_size]
             gold = engine.demonstrations(

@@ -161,6 +161,17 @@ def pad_right(rows: Sequence[Sequence[float]], length: int, value: float = 0.0) 
     return out
 
 
+def right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids ``(n, max_len)`` right-padded with ``pad_id``, and the matching attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        attn[i, : len(s)] = 1
+    return ids, attn
+
+
 def sequence_logprobs(
     model: torch.nn.Module, sequences: Sequence[Sequence[int]], pad_id: int, temperature: float = 1.0
 ) -> list[torch.Tensor]:
@@ -170,12 +181,7 @@ def sequence_logprobs(
     log-probs are those of the distribution the rollouts were drawn from. Gradients flow when called
     outside ``torch.no_grad``.
     """
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.as_tensor(list(s))
-        attn[i, : len(s)] = 1
+    ids, attn = right_padded(sequences, pad_id)
     dev = next(model.parameters()).device
     logits = model(input_ids=ids.to(dev), attention_mask=attn.to(dev)).logits.float()
     if temperature != 1.0:
@@ -298,7 +304,7 @@ class LocalEngine:
 
     def build_policy(self) -> None:
         """Load the latest checkpoint, or build tokenizer + policy and warm the policy up."""
-        from igpo.local.tiny_policy import build_policy, build_tokenizer, load_policy, save_policy
+        from igpo.local.tiny_policy import load_policy, save_policy
 
         ckpt = self.latest_checkpoint() if self.cfg.resume else None
         warm = self.out / "policy_warm"
@@ -317,11 +323,7 @@ class LocalEngine:
                 self.policy, self.tokenizer = load_policy(warm)
                 self.log(f"[igpo-local] reusing the warmed-up policy in {warm}")
             else:
-                self.tokenizer = build_tokenizer(self._tokenizer_texts())
-                torch.manual_seed(self.cfg.seed)
-                self.policy = build_policy(
-                    self.tokenizer, self.cfg.hidden_size, self.cfg.layers, self.cfg.heads, seed=self.cfg.seed
-                )
+                self.new_policy()
                 self.warmup()
                 save_policy(self.policy, self.tokenizer, warm)
             self.ref = copy.deepcopy(self.policy)
@@ -329,6 +331,16 @@ class LocalEngine:
         self.ref.eval()
         for p in self.ref.parameters():
             p.requires_grad_(False)
+
+    def new_policy(self) -> None:
+        """Build the word-level tokenizer over the task's text and a random-init policy (no warm-up)."""
+        from igpo.local.tiny_policy import build_policy, build_tokenizer
+
+        self.tokenizer = build_tokenizer(self._tokenizer_texts())
+        torch.manual_seed(self.cfg.seed)
+        self.policy = build_policy(
+            self.tokenizer, self.cfg.hidden_size, self.cfg.layers, self.cfg.heads, seed=self.cfg.seed
+        )
 
     def _make_optimizer(self) -> None:
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.0)

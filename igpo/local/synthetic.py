@@ -217,8 +217,8 @@ def teacher_turns(
     ``q.relations[k-1]`` with probability ``p_follow``, or a same-kind distractor. The answer is what
     the last searched passage says (its relation's object) with probability ``p_answer``, else a
     same-kind distractor; a country question stopped at a city is answered with the city's country
-    ("from memory") with probability ``p_recall``. With ``p_follow = p_answer = p_search = 1`` the plan is the gold path and
-    the gold answer.
+    ("from memory") with probability ``p_recall``. With ``p_follow = p_answer = p_search = 1`` the
+    plan is the gold path and the gold answer.
     """
     if not q.relations or not task.facts:
         raise ValueError(
