@@ -55,10 +55,21 @@ def copy_accuracy(engine: LocalEngine, episodes, names: set[int]) -> tuple[float
     return sum(answers) / len(answers), sum(queries) / max(1, len(queries))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a zero probe interval or probe set would divide by zero)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--every", type=int, default=100)
-    ap.add_argument("--probe-size", type=int, default=200)
+    ap.add_argument("--every", type=positive_int, default=100)
+    ap.add_argument("--probe-size", type=positive_int, default=200)
     ap.add_argument("--system-prompt", help="replace the task's system prompt (diagnostic)")
     ap.add_argument("--json", action="store_true", help="print the result JSON on stdout")
     ap.add_argument("overrides", nargs="*")

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from igpo.rollout import Episode
@@ -55,3 +56,12 @@ def test_copy_accuracy_counts_answers_and_query_names():
     assert bench.copy_accuracy(engine_for(Oracle(seqs, wrong={(1, 8)})), eps, NAMES) == (0.5, 1.0)
     # wrong query name in episode 0 (logits at 2 + 1); the tool text's name (mask 0) is never scored
     assert bench.copy_accuracy(engine_for(Oracle(seqs, wrong={(0, 3), (0, 5)})), eps, NAMES) == (1.0, 0.5)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--every", "0"), ("--probe-size", "-3"), ("--every", "ten")])
+def test_bad_probe_settings_are_refused_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main([flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err and "expected an integer >= 1" in err
