@@ -56,7 +56,7 @@ PYEOF
     ensure_installed
     handler_pid=""
     if [[ -z "${HANDLER_URL:-}" ]]; then
-      port="${HANDLER_PORT:-8765}"
+      port="${HANDLER_PORT:-8000}"  # the handler's own default (configs/handler.yaml)
       if [[ -n "${IGPO_INDEX:-}" ]]; then src=(--index-dir "$IGPO_INDEX" --corpus "${IGPO_CORPUS:?IGPO_CORPUS must name the corpus of IGPO_INDEX}"); elif [[ -n "${IGPO_CORPUS:-}" ]]; then src=(--corpus "$IGPO_CORPUS");
       else echo "[igpo] set HANDLER_URL, or IGPO_CORPUS / IGPO_INDEX so a local handler can be started" >&2; exit 2; fi
       mkdir -p outputs

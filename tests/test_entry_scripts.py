@@ -57,3 +57,21 @@ def test_unknown_engine_is_refused_by_both_scripts(tmp_path):
             timeout=60,
         )
         assert r.returncode == 2 and "IGPO_ENGINE must be 'verl' or 'local', got 'tpu'" in r.stderr
+
+
+def test_one_default_handler_port_everywhere():
+    """The handler's default port, the tool config's default URL and the script's started handler agree."""
+    import re
+
+    import yaml
+
+    port = yaml.safe_load((REPO / "configs" / "handler.yaml").read_text())["port"]
+    from handler.config import HandlerConfig
+
+    assert HandlerConfig().port == port
+    tools = (REPO / "configs" / "tools" / "search_tool.yaml").read_text()
+    assert set(re.findall(r"IGPO_HANDLER_URLS,'http://127\.0\.0\.1:(\d+)'", tools)) == {str(port)}
+    script = (REPO / "policy_optimization.sh").read_text()
+    assert re.findall(r"HANDLER_PORT:-(\d+)", script) == [str(port)]
+    # evaluate.sh's verl path always writes the validation dump it converts
+    assert 'trainer.validation_data_dir="$out"' in (REPO / "evaluate.sh").read_text()

@@ -40,6 +40,17 @@ here; default 2000); ``max_response_tokens`` ← ``rollout.response_length``; ``
     ground_truth     list[str]  gold aliases (for the IG step's answer copies)
     data_source      str
     reward_extra_info dict      {"f1", "format_ok"} (verl logs these per data source in validation)
+
+plus what the rollout server reported, merged over the turns the way verl's own ``ToolAgentLoop`` merges
+it (:func:`merge_server_fields`): ``global_steps``, ``min_global_steps`` (the weights version that
+started the trajectory), ``max_global_steps`` (the one that finished it), ``num_cached_tokens``,
+speculative-decoding counters. verl's V1 trainer tags every trajectory with the min/max steps and
+fails on a missing one (``np.array([...], dtype=int)`` in ``_compute_metrics``).
+
+A prompt longer than ``rollout.prompt_length`` is an error naming the row (verl's builder would
+left-truncate it silently, cutting the system prompt); ``configs/igpo_trainer.yaml`` makes the
+dataset's length filter count the prompt the way this loop builds it (no ``tools=`` schemas: the
+Appendix H system prompt already describes the tools in text).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from typing import Any
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, ToolListWrap, register
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.tools.base_tool import BaseTool
 from verl.tools.tool_registry import initialize_tools_from_config
 from verl.utils.import_utils import resolve_config_path
@@ -111,6 +123,25 @@ def ground_truth_of(kwargs: dict[str, Any]) -> list[str]:
             "build the data with scripts/prepare_data.py"
         )
     return as_gold_list(gt)
+
+
+def merge_server_fields(per_turn: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rollout server's ``extra_fields`` of every generate call of one trajectory, merged as verl's
+    ``ToolAgentLoop`` merges them: the first call's fields (its ``min_global_steps`` is the version
+    that started the trajectory), the last non-empty ``max_global_steps``, speculative-decoding
+    counters summed over the calls."""
+    merged: dict[str, Any] = {}
+    for fields in per_turn:
+        fields = dict(fields or {})
+        if not merged:
+            merged.update(fields)
+            continue
+        if fields.get("max_global_steps"):
+            merged["max_global_steps"] = fields["max_global_steps"]
+        for key in SPEC_DECODE_EXTRA_KEYS:
+            if key in fields and key in merged:
+                merged[key] = int(merged[key]) + int(fields[key])
+    return merged
 
 
 @register(AGENT_NAME)
@@ -182,9 +213,10 @@ class IGPOSearchAgentLoop(AgentLoopBase):
             kwargs.get("tools_kwargs") or (kwargs.get("extra_info") or {}).get("tools_kwargs") or {}
         )
 
-        prompt_ids = await self.ct_build_initial_tokens(messages)
+        prompt_ids = await self.build_prompt_ids(messages, kwargs)
         request_id = uuid4().hex
         timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
+        server_fields: list[dict[str, Any]] = []
         base_params = {**sampling_params, "stop": list(STOP_STRINGS), **stop_params(self.rollout_name)}
 
         async def generate(ids: list[int], max_new_tokens: int, stop: Any) -> Any:
@@ -195,6 +227,7 @@ class IGPOSearchAgentLoop(AgentLoopBase):
                 sampling_params={**base_params, "stop": list(stop), "max_tokens": max_new_tokens},
             )
             timing["generate_sequences"] += time.perf_counter() - t0
+            server_fields.append(getattr(out, "extra_fields", None) or {})
             return out
 
         async def call_tool(name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
@@ -223,16 +256,39 @@ class IGPOSearchAgentLoop(AgentLoopBase):
             min_turn_tokens=self.min_turn_tokens,
             tool_names=names,
         )
-        return self.build_output(ep, golds, kwargs.get("data_source"), timing)
+        return self.build_output(
+            ep, golds, kwargs.get("data_source"), timing, merge_server_fields(server_fields)
+        )
+
+    async def build_prompt_ids(self, messages: list[dict[str, Any]], kwargs: dict[str, Any]) -> list[int]:
+        """The chat-templated prompt ids; a prompt over ``rollout.prompt_length`` is an error naming the
+        row, never verl's silent left-truncation (which would cut the system prompt)."""
+        builder = self.continuous_token_builder
+        prompt_ids = await self.loop.run_in_executor(None, lambda: builder.build_initial_tokens(messages))
+        limit = int(self.rollout_config.prompt_length)
+        if len(prompt_ids) > limit:
+            index = (kwargs.get("extra_info") or {}).get("index")
+            raise ValueError(
+                f"{AGENT_NAME}: the prompt of row extra_info.index={index!r} has {len(prompt_ids)} tokens, over "
+                f"rollout.prompt_length (data.max_prompt_length) = {limit}; raise data.max_prompt_length or keep "
+                "data.filter_overlong_prompts=true (it drops such rows before training)"
+            )
+        return list(prompt_ids)
 
     def build_output(
-        self, ep: Episode, golds: list[str], data_source: Any, timing: dict[str, float]
+        self,
+        ep: Episode,
+        golds: list[str],
+        data_source: Any,
+        timing: dict[str, float],
+        server_fields: dict[str, Any] | None = None,
     ) -> AgentLoopOutput:
         """Score the episode and pack it as verl's ``AgentLoopOutput``."""
         reward = outcome_reward(ep.response_text, golds, self.format_penalty)  # Eq. 2
         format_ok, _ = check_format(ep.response_text)
         f1 = f1_score(extract_answer(ep.response_text), golds)
         extra = {
+            **(server_fields or {}),
             "tool_turn_ends": list(ep.tool_turn_ends),
             "turns": ep.num_turns,
             "tool_calls": ep.num_tool_calls,

@@ -67,6 +67,7 @@ from igpo.info_gain import CopyLayout, copy_attention, register_copy_attention, 
 from igpo.verl.ig_recompute import (
     answer_logprobs_from_rows,
     answer_targets,
+    copy_token_counts,
     extend_sequences,
     trajectory_values,
 )
@@ -175,8 +176,60 @@ def _rows(nt: Any) -> list[torch.Tensor]:
     return [t.reshape(-1) for t in nt]
 
 
+_BATCHING_KEYS = ("use_dynamic_bsz", "sp_size", "force_group_size", "max_token_len_per_gpu")
+
+
+def micro_batches_counting_copies(data: TensorDict, prepare: Any = None, **kwargs: Any) -> tuple[list, Any]:
+    """verl's ``prepare_micro_batches`` with every row weighed by its length *plus* its answer copies.
+
+    verl's dynamic micro-batching (``use_dynamic_bsz``, ``rearrange_micro_batches``) keeps each
+    micro-batch's token sum within ``max_token_len_per_gpu x sp`` using the un-extended lengths; the
+    copies then add ``T_i · a_i`` tokens per row (:func:`igpo.verl.ig_recompute.copy_token_counts`).
+    So verl partitions a stand-in batch whose rows have the extended lengths, and the real rows are
+    taken by its indices: the budget holds for what the forward really runs. Without dynamic batching
+    or without the IG fields this is verl's function unchanged.
+    """
+    if prepare is None:
+        from verl.workers.engine.utils import prepare_micro_batches as prepare
+    dynamic = tu.get_non_tensor_data(data=data, key="use_dynamic_bsz", default=True)
+    if not dynamic or any(f not in data.keys() for f in IG_INPUT_FIELDS):
+        return prepare(data=data, **kwargs)
+    pes = [r.tolist() for r in _rows(data["igpo_prefix_ends"])]
+    copies = copy_token_counts(pes, [r.bool() for r in _rows(data["igpo_score_mask"])])
+    lens = [int(r.numel()) + c for r, c in zip(_rows(data["input_ids"]), copies, strict=True)]
+    proxy = TensorDict(
+        {"input_ids": _nested([torch.zeros(n, dtype=torch.long) for n in lens])}, batch_size=[len(lens)]
+    )
+    for key in _BATCHING_KEYS:
+        if key in data.keys():
+            tu.assign_non_tensor(proxy, **{key: tu.get_non_tensor_data(data=data, key=key, default=None)})
+    _, indices = prepare(data=proxy, **kwargs)
+    return [tu.index_select_tensor_dict(data, list(part)) for part in indices], indices
+
+
+@contextlib.contextmanager
+def copy_aware_micro_batching() -> Iterator[None]:
+    """Within the block, the FSDP engine's micro-batching counts the answer copies' tokens."""
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    original = impl.prepare_micro_batches
+    impl.prepare_micro_batches = lambda data, **kw: micro_batches_counting_copies(
+        data, prepare=original, **kw
+    )
+    try:
+        yield
+    finally:
+        impl.prepare_micro_batches = original
+
+
 class IGPOFSDPEngineWithLMHead(FSDPEngineWithLMHead):
     """verl's FSDP LM engine whose old-log-prob forward also yields the per-turn answer log-probs."""
+
+    def forward_backward_batch(self, data: TensorDict, loss_function: Any, forward_only: bool = False):
+        if not tu.get_non_tensor_data(data=data, key=IG_FLAG, default=False):
+            return super().forward_backward_batch(data, loss_function, forward_only)
+        with copy_aware_micro_batching():  # micro-batch token budgets include the copies
+            return super().forward_backward_batch(data, loss_function, forward_only)
 
     def forward_step(self, micro_batch: TensorDict, loss_function: Any, forward_only: bool):
         if not tu.get_non_tensor_data(data=micro_batch, key=IG_FLAG, default=False):

@@ -165,6 +165,14 @@ def _append_len(score_mask: torch.Tensor, row: int) -> int:
     return int(nz[-1])
 
 
+def copy_token_counts(prefix_ends: Sequence[Sequence[int]], score_masks: Sequence[torch.Tensor]) -> list[int]:
+    """Tokens each row's answer copies add to the old-log-prob forward: ``T_i · a_i`` (T_i copies, each
+    fed up to its last scored token, which is only predicted, as :func:`extend_sequences` appends them)."""
+    return [
+        len(pe) * _append_len(m, i) for i, (pe, m) in enumerate(zip(prefix_ends, score_masks, strict=True))
+    ]
+
+
 def extend_sequences(
     sequences: Sequence[torch.Tensor],
     prefix_ends: Sequence[Sequence[int]],

@@ -8,7 +8,6 @@ advantages. ``--cfg job --resolve`` (hydra) prints the composed config without t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import hydra
@@ -34,13 +33,6 @@ def check_cluster_ready(config: DictConfig) -> None:
             f"igpo.verl.main: trainer.n_gpus_per_node x nnodes = {want} GPUs requested but {have} are visible; "
             f"pass trainer.n_gpus_per_node={torch.cuda.device_count()}"
         )
-    for key in ("train_files", "val_files"):
-        path = str(config.data[key])
-        if not os.path.exists(os.path.expanduser(path)):
-            raise SystemExit(
-                f"igpo.verl.main: data.{key}={path!r} does not exist; build it with scripts/prepare_data.py "
-                "or set IGPO_TRAIN_FILES / IGPO_VAL_FILES"
-            )
 
 
 def make_task_runner():
@@ -54,8 +46,9 @@ def make_task_runner():
     class IGPOTaskRunner(base):  # type: ignore[misc, valid-type]
         def run(self, config: DictConfig) -> None:
             import igpo.verl  # noqa: F401  registers adv_estimator=igpo in this process
-            import igpo.verl.trainer  # noqa: F401  registers trainer.v1.trainer_mode=igpo
+            from igpo.verl.trainer import install_trainer
 
+            install_trainer()  # trainer.v1.trainer_mode=sync builds IGPOTrainer here
             super().run(config)
 
     return IGPOTaskRunner
@@ -70,9 +63,11 @@ def main(config: DictConfig) -> None:
 
     import igpo.verl  # noqa: F401
     from igpo.verl.estimator import igpo_settings
+    from igpo.verl.preflight import check_ready_to_train
 
     igpo_settings(config.algorithm)  # unknown keys or bad values fail here, before Ray starts
     check_cluster_ready(config)
+    check_ready_to_train(config)  # trainer mode, data rows, handler health: before Ray starts
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
     )

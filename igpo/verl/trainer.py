@@ -1,4 +1,10 @@
-"""``trainer.v1.trainer_mode: igpo`` — verl's V1 sync trainer plus IG in the old-log-prob recompute.
+"""verl's V1 sync trainer plus IG in the old-log-prob recompute (``trainer.v1.trainer_mode: sync``).
+
+:func:`install_trainer` registers :class:`IGPOTrainer` as verl's ``sync`` trainer in the process that
+builds the trainer (our Ray task runner, ``igpo/verl/main.py``). The mode *name* must stay ``sync``:
+verl keys its semantics on it (``trainer_base.py``: any other name gets ``ReplayBufferAsync``, which
+evicts and refills failed groups forever, a forced ``gen_batch_size=1`` and TransferQueue state in
+every checkpoint). So IGPO runs exactly verl's sync loop, with only the two steps below replaced.
 
 verl 0.9.1's ``PPOTrainer._step_once`` (``verl/trainer/ppo/v1/trainer_base.py``) runs, per step:
 reward → ``_balance_batch`` (may append synthetic padding rows, ``tag["is_padding"]``) →
@@ -34,15 +40,18 @@ import torch
 import transfer_queue as tq
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
-from verl.trainer.ppo.v1.trainer_base import register_trainer
+from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
 from igpo.verl.engine import IG_FLAG
 from igpo.verl.estimator import igpo_settings
 from igpo.verl.ig_metrics import igpo_step_metrics, rewards_with_ig
-from igpo.verl.ig_recompute import ig_request
+from igpo.verl.ig_recompute import copy_token_counts, ig_request
 
-__all__ = ["IGPOTrainer", "ig_input_fields", "padded", "to_list"]
+__all__ = ["IGPOTrainer", "TRAINER_MODE", "ig_input_fields", "install_trainer", "padded", "to_list"]
+
+#: The only V1 trainer mode IGPO runs under (see the module docstring).
+TRAINER_MODE = "sync"
 
 
 def to_list(x: Any) -> list:
@@ -77,7 +86,6 @@ def ig_input_fields(req: Any) -> dict[str, torch.Tensor]:
     }
 
 
-@register_trainer("igpo")
 class IGPOTrainer(PPOTrainerSync):
     """verl's synchronous V1 trainer with IGPO's information gain (see the module docstring)."""
 
@@ -97,6 +105,20 @@ class IGPOTrainer(PPOTrainerSync):
                 "algorithm.igpo.ig_source=recompute needs the old-log-prob recompute, but "
                 "algorithm.rollout_correction.bypass_mode=true skips it; disable bypass_mode or set ig_source=none"
             )
+
+    def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int) -> KVBatchMeta:
+        """verl's step; a batch in which every rollout failed stops the job with what to look at."""
+        try:
+            return super()._step_once(metrics, timing_raw, sample_batch_size)
+        except RuntimeError as e:
+            if "no materializable trajectories" not in str(e):
+                raise
+            raise RuntimeError(
+                f"IGPO: every rollout of step {getattr(self, 'global_steps', '?')} failed in the agent loop "
+                f"({e}). The cause of each is logged above as 'Error in _run_prompt' by verl's agent-loop "
+                "workers; typical ones: a data row without reward_model.ground_truth, a prompt over "
+                "data.max_prompt_length, the search handler gone (IGPO_HANDLER_URLS)."
+            ) from e
 
     # -- step 4: old log-probs with answer copies ------------------------------------------------
 
@@ -128,10 +150,8 @@ class IGPOTrainer(PPOTrainerSync):
             partition_id=batch.partition_id,
             fields=TensorDict(ig_input_fields(req), batch_size=len(batch)),
         )
-        copy_tokens = 0
-        for pe, m, a in zip(req.prefix_ends, req.score_mask, req.active, strict=True):
-            if a:
-                copy_tokens += len(pe) * int(m.nonzero().max())
+        counts = copy_token_counts(req.prefix_ends, req.score_mask)
+        copy_tokens = sum(c for c, a in zip(counts, req.active, strict=True) if a)
         self._igpo_state.update(
             active=req.active,
             copy_tokens=copy_tokens,
@@ -218,3 +238,13 @@ class IGPOTrainer(PPOTrainerSync):
         if dp_info is not None:
             self._igpo_dp_size = max(dp_info) + 1
         return out
+
+
+def install_trainer() -> None:
+    """Make ``trainer.v1.trainer_mode=sync`` build :class:`IGPOTrainer` in this process.
+
+    verl's ``register_trainer`` refuses a taken name, and ``sync`` is taken by ``PPOTrainerSync``,
+    our base class; so the registry entry is replaced directly. Call it only in the process that
+    runs the trainer (the task runner): elsewhere ``sync`` keeps meaning verl's own trainer.
+    """
+    TRAINER_REGISTRY[TRAINER_MODE] = IGPOTrainer

@@ -59,16 +59,21 @@ def enc(tok, text: str) -> list[int]:
 
 
 class ScriptedServer:
-    """A server manager that answers each ``generate`` with the next pre-written turn."""
+    """A server manager that answers each ``generate`` with the next pre-written turn (and, if given,
+    the next of ``fields``: what verl's rollout servers report in ``TokenOutput.extra_fields``)."""
 
-    def __init__(self, tok, turns: list[str]):
+    def __init__(self, tok, turns: list[str], fields: list[dict] | None = None):
         self.tok, self.turns = tok, list(turns)
+        self.fields = list(fields or [])
         self.requests: list[dict] = []
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
         self.requests.append({"request_id": request_id, "prompt_ids": list(prompt_ids), **sampling_params})
         ids = enc(self.tok, self.turns.pop(0))[: sampling_params["max_tokens"]]
-        return TokenOutput(token_ids=ids, log_probs=[-0.25] * len(ids), stop_reason="completed")
+        extra = self.fields.pop(0) if self.fields else {}
+        return TokenOutput(
+            token_ids=ids, log_probs=[-0.25] * len(ids), stop_reason="completed", extra_fields=extra
+        )
 
 
 def trainer_config(response_length: int = 1024, max_turns: int = 4, max_tool_len: int = 256):
@@ -321,3 +326,58 @@ def test_real_tiny_model_through_the_agent_loop(tok, handler_url):
         assert out.reward_score == -1.0  # a random model does not write a well-formed answer
     assert all(c["max_tokens"] <= 24 for c in server.calls)
     assert max(o.extra_fields["turns"] for o in outs) > 1
+
+
+def test_server_fields_are_carried_as_verl_tool_agent_loop_carries_them(tok, handler_url):
+    """verl's V1 trainer tags each trajectory with min/max_global_steps from extra_fields and builds
+    ``np.array([...], dtype=int)`` of them: a loop that drops them crashes the trainer after step 1."""
+    import numpy as np
+
+    fields = [
+        {"global_steps": 3, "min_global_steps": 3, "max_global_steps": 3, "num_cached_tokens": 5},
+        {"global_steps": 4, "min_global_steps": 4, "max_global_steps": 4, "num_cached_tokens": 9},
+    ]
+    out = run_loop(tok, ScriptedServer(tok, [CALL, ANSWER], fields), search_tools(handler_url), row())
+    ef = out.extra_fields
+    # first turn's version starts the trajectory, the last turn's ends it (verl's ToolAgentLoop rule)
+    assert (ef["min_global_steps"], ef["max_global_steps"], ef["global_steps"]) == (3, 4, 3)
+    assert ef["num_cached_tokens"] == 5
+    assert np.array([ef["min_global_steps"], ef["max_global_steps"]], dtype=int).tolist() == [3, 4]
+    assert ef["turns"] == 2 and ef["ground_truth"] == ["Paris"]  # our own fields are still there
+
+
+def test_merge_server_fields_sums_speculative_counters_and_keeps_the_last_max_step():
+    from igpo.verl.agent_loop import merge_server_fields
+
+    merged = merge_server_fields(
+        [
+            {
+                "min_global_steps": 1,
+                "max_global_steps": 1,
+                "spec_num_draft_tokens": 2,
+                "spec_num_verify_steps": 1,
+            },
+            {
+                "min_global_steps": 2,
+                "max_global_steps": 2,
+                "spec_num_draft_tokens": 3,
+                "spec_num_verify_steps": 4,
+            },
+            {"max_global_steps": None},
+        ]
+    )
+    assert merged == {
+        "min_global_steps": 1,
+        "max_global_steps": 2,
+        "spec_num_draft_tokens": 5,
+        "spec_num_verify_steps": 5,
+    }
+    assert merge_server_fields([]) == {} and merge_server_fields([None, {}]) == {}
+
+
+def test_overlong_prompt_is_an_error_naming_the_row_not_a_silent_truncation(tok, handler_url):
+    cfg = trainer_config()
+    cfg.actor_rollout_ref.rollout.prompt_length = 16
+    r = row()
+    with pytest.raises(ValueError, match=r"extra_info.index=0.*over rollout.prompt_length.*= 16"):
+        run_loop(tok, ScriptedServer(tok, [ANSWER]), search_tools(handler_url), r, cfg=cfg)

@@ -397,12 +397,21 @@ def test_config_selects_the_igpo_trainer_and_engine():
     from verl.trainer.ppo.v1 import get_trainer_cls
     from verl.utils.config import omega_conf_to_dataclass
 
-    from igpo.verl.trainer import IGPOTrainer
+    from igpo.verl.trainer import IGPOTrainer, install_trainer
     from tests.verl.test_config import compose_trainer
 
     cfg = compose_trainer()
-    assert cfg.trainer.v1.trainer_mode == "igpo"
-    assert get_trainer_cls(cfg.trainer.v1.trainer_mode) is IGPOTrainer
+    assert cfg.trainer.v1.trainer_mode == "sync"
+    import verl.trainer.ppo.v1.trainer_base as tb
+
+    saved = dict(tb.TRAINER_REGISTRY)
+    try:
+        install_trainer()
+        assert get_trainer_cls(cfg.trainer.v1.trainer_mode) is IGPOTrainer
+    finally:
+        tb.TRAINER_REGISTRY.clear()
+        tb.TRAINER_REGISTRY.update(saved)
+    assert get_trainer_cls("sync") is not IGPOTrainer  # only the task runner's process is changed
     assert cfg.actor_rollout_ref.model.external_lib == "igpo.verl.engine"
     assert cfg.actor_rollout_ref.model.use_remove_padding is True
     assert cfg.algorithm.igpo.ig_source == "recompute"
@@ -475,3 +484,108 @@ def test_trainer_sets_the_copy_flag_for_the_old_log_prob_call_only(monkeypatch):
         store[k].pop("igpo_prefix_ends")
     trainer._compute_old_log_prob(batch, {})  # ig_source=none: plain recompute, no flag, no IG inputs
     assert seen == {"flag": None, "prefix_ends": []}
+
+
+def _bare_trainer(overrides=()):
+    """An IGPOTrainer with the composed config and nothing else (no Ray, no workers)."""
+    import igpo.verl.trainer as tr
+    from tests.verl.test_config import compose_trainer
+
+    trainer = object.__new__(tr.IGPOTrainer)
+    trainer.config = compose_trainer(list(overrides))
+    trainer.trainer_mode = trainer.config.trainer.v1.trainer_mode
+    return trainer
+
+
+def test_igpo_runs_verl_sync_semantics_replay_buffer_and_batch_size():
+    """verl picks the replay buffer by the mode's name: IGPO must get the sync one (no endless refills,
+    the dataloader fetches whole train batches)."""
+    from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
+
+    trainer = _bare_trainer(["data.train_batch_size=4"])
+    buf = trainer._build_replay_buffer()
+    assert type(buf) is ReplayBuffer and buf.trainer_mode == "sync"
+    assert buf.gen_batch_size == 4 and buf.train_batch_size == 4
+    assert buf.sync_refill_failed_groups is False
+    # what the previous name "igpo" gave: the async buffer, which evicts and refills failed groups
+    old = _bare_trainer(["data.train_batch_size=4", "trainer.v1.trainer_mode=igpo"])
+    assert type(old._build_replay_buffer()) is ReplayBufferAsync
+
+
+def test_a_batch_of_failed_rollouts_stops_with_a_message(monkeypatch):
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    def all_failed(self, metrics, timing_raw, sample_batch_size):
+        raise RuntimeError("Sync replay buffer selected terminal groups with no materializable trajectories.")
+
+    monkeypatch.setattr(PPOTrainerSync, "_step_once", all_failed)
+    trainer = _bare_trainer()
+    trainer.global_steps = 7
+    with pytest.raises(
+        RuntimeError, match=r"every rollout of step 7 failed.*Error in _run_prompt.*ground_truth"
+    ):
+        trainer._step_once({}, {}, 4)
+
+    def other(self, metrics, timing_raw, sample_batch_size):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(PPOTrainerSync, "_step_once", other)
+    with pytest.raises(RuntimeError, match="^something else$"):
+        trainer._step_once({}, {}, 4)
+
+
+def test_dynamic_micro_batches_count_the_answer_copies():
+    """verl's dynamic batching sees the un-extended lengths; with the copies appended a micro-batch
+    would exceed its token budget. Ours partitions by the extended lengths (verl's own partitioner)."""
+    from verl.workers.engine.utils import prepare_micro_batches
+
+    from igpo.verl.engine import micro_batches_counting_copies
+    from igpo.verl.ig_recompute import copy_token_counts
+
+    lens, budget = [60, 60, 60, 60], 240
+    # 3 copies per row (prompt + 2 tool turns); a copy is fed up to its last scored token, which is
+    # only predicted (index 9 here): 9 tokens each
+    mask = torch.tensor([False, False] + [True] * 8 + [False, False, False])
+    pes = [[20, 35, 50]] * 4
+    assert copy_token_counts(pes, [mask] * 4) == [27, 27, 27, 27]
+    data = TensorDict(
+        {
+            "input_ids": torch.nested.as_nested_tensor(
+                [torch.arange(n) + 100 * i for i, n in enumerate(lens)], layout=torch.jagged
+            ),
+            "igpo_prefix_ends": torch.nested.as_nested_tensor(
+                [torch.tensor(p) for p in pes], layout=torch.jagged
+            ),
+            "igpo_score_mask": torch.nested.as_nested_tensor([mask.long()] * 4, layout=torch.jagged),
+            "igpo_copy_ids": torch.nested.as_nested_tensor(
+                [torch.ones(13, dtype=torch.long)] * 4, layout=torch.jagged
+            ),
+        },
+        batch_size=[4],
+    )
+    tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=budget, sp_size=1)
+
+    plain, _ = prepare_micro_batches(data=data, same_micro_num_in_dp=False)
+    assert len(plain) == 1  # verl alone: 240 tokens fit; with copies the forward would run 348
+
+    micro, idx = micro_batches_counting_copies(data, same_micro_num_in_dp=False)
+    assert sorted(i for part in idx for i in part) == [0, 1, 2, 3]
+    for mb, part in zip(micro, idx, strict=True):
+        assert sum(lens[i] + 27 for i in part) <= budget
+        assert [int(r[0]) for r in mb["input_ids"].unbind()] == [100 * i for i in part]  # the real rows
+    assert len(micro) == 2
+
+    tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=2)
+    fixed, _ = micro_batches_counting_copies(data, same_micro_num_in_dp=False)
+    assert len(fixed) == 2  # fixed micro-batch sizes: verl's behaviour unchanged
+
+
+def test_copy_aware_batching_patch_is_scoped_to_the_block():
+    import verl.workers.engine.fsdp.transformer_impl as impl
+
+    from igpo.verl.engine import copy_aware_micro_batching
+
+    original = impl.prepare_micro_batches
+    with copy_aware_micro_batching():
+        assert impl.prepare_micro_batches is not original
+    assert impl.prepare_micro_batches is original
