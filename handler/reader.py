@@ -68,10 +68,13 @@ class UrlGuard:
 
     async def check(self, url: str, field: str) -> None:
         """Raise BadInput for a malformed URL and Forbidden for a refused destination."""
-        parts = urlsplit(url)
+        try:  # a malformed bracketed host ("http://[", "http://[zz]/") raises here
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError as e:
+            raise BadInput(f"field '{field}': {url!r:.120} is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https"):
             raise BadInput(f"field '{field}': {url!r:.120} is not an http(s) URL")
-        host = (parts.hostname or "").lower()
         if not host:
             raise BadInput(f"field '{field}': {url!r:.120} has no host")
         try:
