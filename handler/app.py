@@ -29,6 +29,15 @@ from handler.cache import Cache, cache_key, normalize_query
 from handler.config import HandlerConfig, load_config
 from handler.errors import BackendFailure, BackendTimeout, BadInput, HandlerError, Unavailable
 from handler.reader import Reader
+from handler.schema import (
+    BrowseResponse,
+    HealthResponse,
+    RetrieveResponse,
+    WebSearchResponse,
+    error_responses,
+    request_body,
+    request_models,
+)
 
 log = logging.getLogger("handler")
 
@@ -311,8 +320,18 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             if len(q) > lim.max_query_chars:
                 raise BadInput(f"field '{f}' is {len(q)} characters long; at most {lim.max_query_chars}")
 
-    # -- routes
-    @app.post("/retrieve")
+    # -- routes (bodies are parsed by hand; ``openapi_extra`` and ``responses`` describe the contract)
+    bodies = request_models(cfg.limits)
+
+    @app.post(
+        "/retrieve",
+        response_model=None,
+        openapi_extra=request_body(bodies["retrieve"]),
+        responses={
+            200: {"model": RetrieveResponse, "description": "Ranked passages per query"},
+            **error_responses(400, 413, 422, 502, 503, 504),
+        },
+    )
     async def retrieve(request: Request) -> Response:
         """Search-R1 ``/retrieve``: ranked passages per query, in order."""
         req = await parse_body(request, RetrieveRequest, cfg.limits.max_body_bytes)
@@ -366,7 +385,15 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             )
         return Response(body, media_type="application/json")
 
-    @app.post("/tools/web_search")
+    @app.post(
+        "/tools/web_search",
+        response_model=None,
+        openapi_extra=request_body(bodies["web_search"]),
+        responses={
+            200: {"model": WebSearchResponse, "description": "Search results as text and as hits"},
+            **error_responses(400, 413, 422, 502, 503, 504),
+        },
+    )
     async def web_search(request: Request) -> dict[str, Any]:
         """The ``web_search`` tool: the first N queries are searched; the reply says if some were not."""
         req = await parse_body(request, WebSearchRequest, cfg.limits.max_body_bytes)
@@ -398,7 +425,15 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         metrics.queries.labels("/tools/web_search").inc(len(used))
         return {"result": format_web_results(results, note), "hits": [h for _, h in results], "queries": used}
 
-    @app.post("/tools/browse_webpage")
+    @app.post(
+        "/tools/browse_webpage",
+        response_model=None,
+        openapi_extra=request_body(bodies["browse"]),
+        responses={
+            200: {"model": BrowseResponse, "description": "What each page says about the question"},
+            **error_responses(400, 403, 413, 422, 502, 503, 504),
+        },
+    )
     async def browse_webpage(request: Request) -> dict[str, Any]:
         """The ``browse_webpage`` tool: what each page says about the question."""
         req = await parse_body(request, BrowseRequest, cfg.limits.max_body_bytes)
@@ -433,7 +468,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": p.error} for p in pages],
         }
 
-    @app.get("/health")
+    @app.get("/health", response_model=None, responses={200: {"model": HealthResponse, "description": "Up"}})
     async def health() -> dict[str, Any]:
         """Liveness plus facts: backend, corpus size, index age, cache stats, web configuration."""
         info: dict[str, Any] = {"status": "ok", "backend": cfg.backend, "corpus_size": 0, "pid": os.getpid()}
@@ -449,7 +484,11 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         }
         return info
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition format"}},
+    )
     async def prom() -> Response:
         """Prometheus text exposition of this process's metrics."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

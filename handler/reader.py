@@ -68,10 +68,13 @@ class UrlGuard:
 
     async def check(self, url: str, field: str) -> None:
         """Raise BadInput for a malformed URL and Forbidden for a refused destination."""
-        parts = urlsplit(url)
+        try:  # a malformed bracketed host ("http://[", "http://[zz]/") raises here
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+        except ValueError as e:
+            raise BadInput(f"field '{field}': {url!r:.120} is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https"):
             raise BadInput(f"field '{field}': {url!r:.120} is not an http(s) URL")
-        host = (parts.hostname or "").lower()
         if not host:
             raise BadInput(f"field '{field}': {url!r:.120} has no host")
         try:
@@ -89,6 +92,8 @@ class UrlGuard:
                 infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except socket.gaierror as e:
                 raise LookupError(f"cannot resolve host {host!r} ({e.strerror})") from None
+            except UnicodeError as e:  # IDNA encoding failed: a label over 63 characters, a lone surrogate
+                raise BadInput(f"field '{field}': {url!r:.120} has an invalid host name ({e})") from None
             ips = [ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos]
         for ip in ips:
             why = _ip_class(ip)

@@ -204,6 +204,14 @@ def test_browse_refuses_redirect_to_metadata(server: Server, fake_web: FakeWeb) 
             "field 'url_list[0]': 'ftp://example.com/x' is not an http(s) URL",
         ),
         ({"url_list": ["http://"], "question": "q"}, 422, "has no host"),
+        (
+            {"url_list": ["http://["], "question": "q"},
+            422,
+            "field 'url_list[0]': 'http://[' is not a valid URL",
+        ),
+        ({"url_list": ["https://[zz]/x"], "question": "q"}, 422, "'https://[zz]/x' is not a valid URL"),
+        ({"url_list": ["http://" + "a" * 64 + ".example/"]}, 422, "field 'url_list[0]': 'http://aaaa"),
+        ({"url_list": ["http://a..example/"]}, 422, "'http://a..example/' has an invalid host name"),
         ({"url_list": [], "question": "q"}, 422, "field 'url_list' is empty"),
         (
             {"url_list": ["http://a.example/"] * 6, "question": "q"},
