@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Validation-only rollouts of a checkpoint, then per-dataset F1/EM scores.
-#
-#   bash evaluate.sh [--checkpoint DIR] [overrides...]
-#
-# Local engine (default without a GPU): greedy rollouts of the embedded default's held-out questions
-# written to outputs/{project}/{experiment}/rollout/rollout_step_{k}.json, then scored into
-# outputs/{project}/{experiment}/score_step_{k}.json with evaluate/calculate_metrics.py.
-# verl engine (IGPO_ENGINE=verl): the trainer's validation pass (trainer.val_only=true) on the GPUs;
-# verl's dump (trainer.validation_data_dir) is converted to the same rollout JSON (igpo.verl.val_dump,
-# data sources recovered from IGPO_VAL_FILES) and scored the same way.
+# Validation-only rollouts of a checkpoint, then per-dataset F1/EM scores; `--help` prints the usage.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 
-# Score a rollout file into score_step_k.json beside its rollout/ folder and print both paths.
+usage() {
+  cat <<'EOF'
+usage: bash evaluate.sh [--help] [--checkpoint DIR] [overrides ...]
+
+Rolls out a trained checkpoint on held-out questions and scores the rollouts per data source
+(F1, EM, cover-EM) with evaluate/calculate_metrics.py.
+
+Engines (IGPO_ENGINE=local | verl; default: verl when `nvidia-smi -L` lists a GPU, else local):
+  local  greedy rollouts of the embedded default's test questions with the run's latest checkpoint
+         (or --checkpoint DIR); overrides are key=value fields of configs/local.yaml and must match
+         the run's training settings (experiment=NAME picks the run).
+  verl   the trainer's validation pass (trainer.val_only=true) on the GPUs, hydra overrides.
+
+Writes outputs/PROJECT/EXPERIMENT/rollout/rollout_step_K.json and outputs/PROJECT/EXPERIMENT/score_step_K.json
+(the local handler's log: outputs/igpo-local/EXPERIMENT/handler-eval.log).
+
+Environment (verl path): IGPO_VAL_FILES (default data/test.parquet), IGPO_VAL_DIR (verl's dump folder,
+  default outputs/validation), IGPO_PROJECT (default igpo), IGPO_EXPERIMENT (default eval).
+
+Examples:
+  bash evaluate.sh                                  # the embedded default's latest checkpoint
+  bash evaluate.sh experiment=grpo                  # another local run
+  bash evaluate.sh --checkpoint outputs/igpo-local/embedded-default/checkpoints/step_10
+  python evaluate/calculate_metrics.py grpo         # re-score a run's latest rollout file
+EOF
+}
+
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+esac
+
+# Score a rollout file (into score_step_k.json beside its rollout/ folder) and print both paths.
 score_rollout() {
   local rollout="$1" score
-  score="$(dirname "$(dirname "$rollout")")/$(basename "$rollout" .json | sed 's/rollout_/score_/').json"
-  "$PY" evaluate/calculate_metrics.py "$rollout" --out "$score"
+  score="$("$PY" -c 'import sys; from igpo.rollout_io import score_path; print(score_path(sys.argv[1]))' \
+    "$rollout")"
+  "$PY" evaluate/calculate_metrics.py "$rollout"  # names the score file the same way (score_path)
   echo "rollout: $rollout"
   echo "scores:  $score"
 }

@@ -1,18 +1,46 @@
 #!/usr/bin/env bash
-# IGPO training entry point.
-#
-#   bash policy_optimization.sh                 # embedded default on this machine (CPU) unless GPUs are found
-#   bash policy_optimization.sh [overrides...]  # on a GPU node: verl trainer, paper's Table 4 setting
-#   bash policy_optimization.sh --dry-run [overrides...]   # print the composed hydra config and exit
-#
-# Engine: IGPO_ENGINE=verl | local (default: verl when `nvidia-smi -L` lists a GPU, else local).
-# Local engine overrides are key=value fields of configs/local.yaml (e.g. steps=10 reward_mode=f1).
-# Cluster path environment: IGPO_MODEL_PATH, IGPO_TRAIN_FILES, IGPO_VAL_FILES, IGPO_EXPERIMENT,
-# HANDLER_URL (a running search handler; when unset one is started from IGPO_CORPUS or IGPO_INDEX).
+# IGPO training entry point; `bash policy_optimization.sh --help` prints the usage below.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1  # progress reaches logs and pipes as it happens
+
+usage() {
+  cat <<'EOF'
+usage: bash policy_optimization.sh [--help | --dry-run] [overrides ...]
+
+Trains IGPO, then evaluates the result (evaluate.sh).
+
+Engines (IGPO_ENGINE=local | verl; default: verl when `nvidia-smi -L` lists a GPU, else local):
+  local  the embedded default: a synthetic multi-hop search task and a tiny policy on the CPU.
+         Overrides are key=value fields of configs/local.yaml; the run lives in
+         outputs/igpo-local/EXPERIMENT/ and resumes from its latest checkpoint when started again.
+  verl   the paper's Table 4 setting on a GPU node (configs/igpo_trainer.yaml, hydra overrides).
+
+Options:
+  --help     this text
+  --dry-run  verl path: check the settings and print the composed config; trains nothing
+
+Environment (verl path): IGPO_MODEL_PATH, IGPO_TRAIN_FILES, IGPO_VAL_FILES, IGPO_EXPERIMENT,
+  HANDLER_URL (a running search handler; when unset one is started from IGPO_CORPUS or IGPO_INDEX).
+  PYTHON picks the interpreter (default python3).
+
+Examples:
+  bash policy_optimization.sh                                   # the embedded default (IGPO, 30 steps)
+  bash policy_optimization.sh reward_mode=f1 experiment=grpo    # outcome-only baseline in its own run
+  bash policy_optimization.sh steps=60                          # continue the default run to step 60
+  bash policy_optimization.sh reward_mode=f1 resume=false       # replace the run (old one moved aside)
+  IGPO_ENGINE=verl bash policy_optimization.sh algorithm.igpo.reward_mode=f1 trainer.experiment_name=grpo
+  bash policy_optimization.sh --dry-run algorithm.gamma=0.9
+
+A setting outside its allowed values, or one that differs from the run being resumed, is refused
+before any work starts, naming the key and both values.
+EOF
+}
+
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+esac
 
 ensure_installed() {
   if ! "$PY" -c "import igpo, verl, handler" >/dev/null 2>&1; then
@@ -24,7 +52,7 @@ ensure_installed() {
 if [[ "${1:-}" == "--dry-run" ]]; then
   shift
   ensure_installed
-  exec "$PY" -m igpo.verl.main --cfg job --resolve "$@"
+  exec "$PY" -m igpo.verl.main --dry-run "$@"
 fi
 
 source scripts/engine.sh  # (the working directory is the repository root here)
@@ -54,6 +82,7 @@ PYEOF
   verl)
     echo "[igpo] running the verl cluster path (paper's Table 4 setting); overrides: $*"
     ensure_installed
+    "$PY" -m igpo.verl.main --check "$@" || exit 2  # bad settings, no GPU or data: before the handler
     handler_pid=""
     if [[ -z "${HANDLER_URL:-}" ]]; then
       port="${HANDLER_PORT:-8000}"  # the handler's own default (configs/handler.yaml)

@@ -5,7 +5,12 @@ Usage::
 
     python evaluate/calculate_metrics.py outputs/PROJECT/EXPERIMENT/rollout/rollout_step_10.json
     python evaluate/calculate_metrics.py outputs/PROJECT/EXPERIMENT/rollout      # latest step there
-    python evaluate/calculate_metrics.py EXPERIMENT    # evaluate/EXPERIMENT_result.json -> _score.json
+    python evaluate/calculate_metrics.py EXPERIMENT    # outputs/*/EXPERIMENT/rollout, latest step
+                                                       # (else evaluate/EXPERIMENT_result.json)
+
+Scores of ``outputs/PROJECT/EXPERIMENT/rollout/rollout_step_K.json`` go to
+``outputs/PROJECT/EXPERIMENT/score_step_K.json`` (as ``evaluate.sh`` names them); of any other
+``NAME.json`` (or ``NAME_result.json``) to ``NAME_score.json`` beside it; ``--out`` overrides.
     python evaluate/calculate_metrics.py ROLLOUT.json --judge --judge-url http://localhost:8000/v1 \\
         --judge-model qwen-plus                        # adds LLM-as-judge accuracy
 
@@ -43,7 +48,7 @@ if str(_ROOT) not in sys.path:  # run as a script: make `igpo` and `evaluate` im
 
 from evaluate.judge import JudgeError, LLMJudge  # noqa: E402
 from igpo.answer import check_format, cover_exact_match, exact_match, extract_answer, f1_score  # noqa: E402
-from igpo.rollout_io import RolloutError, latest_rollout, read_rollouts  # noqa: E402
+from igpo.rollout_io import RolloutError, latest_rollout, read_rollouts, score_path  # noqa: E402
 
 EVALUATE_DIR = Path(__file__).resolve().parent
 
@@ -217,28 +222,48 @@ def format_table(scores: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def experiment_rollouts(name: str, roots: Sequence[Path] | None = None) -> list[Path]:
+    """The rollout folders of runs named ``name``: ``outputs/*/{name}/rollout`` under the working folder
+    and under the checkout (both engines write there: ``igpo-local`` and the verl project name)."""
+    roots = roots if roots is not None else [Path.cwd() / "outputs", _ROOT / "outputs"]
+    found: list[Path] = []
+    for root in roots:
+        for d in sorted(root.glob(f"*/{name}/rollout")):
+            if d.is_dir() and d.resolve() not in {f.resolve() for f in found}:
+                found.append(d)
+    return found
+
+
 def resolve_paths(target: str, out: str | None) -> tuple[Path, Path]:
     """Rollout path and score path from the CLI argument (file, rollout folder, or experiment name)."""
     p = Path(target)
     if p.is_dir():
         p = latest_rollout(p)
     elif not p.exists():
-        legacy = EVALUATE_DIR / f"{target}_result.json"
-        if p.suffix == "" and "/" not in target and legacy.is_file():
-            return legacy, Path(out) if out else EVALUATE_DIR / f"{target}_score.json"
-        raise RolloutError(
-            f"{target}: no such file or folder, and no {legacy} for an experiment named {target!r}"
-        )
-    if out:
-        return p, Path(out)
-    stem = p.stem[: -len("_result")] if p.stem.endswith("_result") else p.stem
-    return p, p.with_name(f"{stem}_score.json")
+        if p.suffix or "/" in target:
+            raise RolloutError(f"{target}: no such file or folder")
+        runs = experiment_rollouts(target)
+        if len(runs) > 1:
+            raise RolloutError(
+                f"several runs are named {target!r}: {', '.join(map(str, runs))}; pass the rollout folder"
+            )
+        if runs:
+            p = latest_rollout(runs[0])
+        else:
+            legacy = EVALUATE_DIR / f"{target}_result.json"
+            if not legacy.is_file():
+                raise RolloutError(
+                    f"{target}: no such file or folder, no run outputs/*/{target}/rollout, "
+                    f"and no {legacy} for an experiment named {target!r}"
+                )
+            p = legacy
+    return p, Path(out) if out else score_path(p)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("target", help="rollout JSON, a rollout folder (latest step), or an experiment name")
-    p.add_argument("--out", help="score JSON path (default: next to the input, *_score.json)")
+    p.add_argument("--out", help="score JSON path (default: score_step_K.json beside the rollout folder)")
     p.add_argument("--strict-format", action="store_true", help="score responses failing the turn grammar 0")
     p.add_argument("--judge", action="store_true", help="add LLM-as-judge accuracy")
     p.add_argument(

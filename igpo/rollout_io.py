@@ -206,6 +206,20 @@ def read_rollouts(path: str | Path, strict: bool = False) -> list[dict[str, Any]
     return [validate_record(r, where=f"{path}, record {i}", strict=strict) for i, r in enumerate(data)]
 
 
+def score_path(rollout: str | Path) -> Path:
+    """Where the scores of a rollout file go: the one naming rule of ``evaluate.sh`` and ``calculate_metrics``.
+
+    ``.../{experiment}/rollout/rollout_step_{k}.json`` -> ``.../{experiment}/score_step_{k}.json``;
+    ``NAME_result.json`` -> ``NAME_score.json``; any other ``NAME.json`` -> ``NAME_score.json`` beside it.
+    """
+    rollout = Path(rollout)
+    m = _STEP_RE.match(rollout.name)
+    if m and rollout.parent.name == "rollout":
+        return rollout.parent.parent / f"score_step_{m.group(1)}.json"
+    stem = rollout.stem.removesuffix("_result")
+    return rollout.with_name(f"{stem}_score.json")
+
+
 def latest_rollout(directory: str | Path) -> Path:
     """The ``rollout_step_{k}.json`` with the largest ``k`` in ``directory``."""
     directory = Path(directory)

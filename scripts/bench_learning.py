@@ -11,9 +11,9 @@ trains ``steps`` steps with its ``reward_mode``; the seed sets the questions of 
 sampling. Per mode and seed the JSON holds
 the sampled training F1 per step, the test F1 at each evaluation (also per number of hops), the zero-advantage group share of the
 batch under the run's own estimator and under the outcome-only one, tokens used for updates, and wall
-time. Also written: a PNG with mean curves and min-max spread per mode, and a summary of the goal of
-issue 7 (steps IGPO needs to reach GRPO's final F1, as a share of GRPO's steps; zero-advantage share
-ratio).
+time. Also written: a PNG with mean curves and min-max spread per mode, and a summary of whether IGPO
+learns faster (the steps IGPO needs to reach GRPO's final F1, as a share of GRPO's steps; the ratio of
+zero-advantage group shares).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def steps_to_reach(curve: np.ndarray, target: float) -> int | None:
 
 
 def summarize(results: dict[str, dict[int, dict]], k: int = 5) -> dict:
-    """The issue's goal: IGPO's steps to GRPO's final (smoothed) F1 and the zero-advantage ratio."""
+    """Does IGPO learn faster: its steps to GRPO's final (smoothed) F1 and the zero-advantage ratio."""
     out: dict = {}
     if "f1" in results and "f1+ig" in results:
         seeds = sorted(set(results["f1"]) & set(results["f1+ig"]))

@@ -270,7 +270,7 @@ def test_cli_on_rollout_file_and_folder(tmp_path, capsys):
     assert cm.main([str(out)]) == 0  # the folder: its latest step
     printed = capsys.readouterr()
     assert "| nq | 3 | 60.0 |" in printed.out
-    score = json.loads((out / "rollout_step_5_score.json").read_text())
+    score = json.loads((out.parent / "score_step_5.json").read_text())  # as evaluate.sh names it
     assert score["overall"]["f1"] == pytest.approx(70.0)
     assert set(score["nq"]) == {"f1", "em", "cover_em", "n", "turns", "tool_calls", "format_ok"}
     assert cm.main([str(out / "rollout_step_5.json"), "--out", str(tmp_path / "s.json")]) == 0
@@ -288,6 +288,32 @@ def test_cli_experiment_name_layout(tmp_path, monkeypatch, capsys):
     assert score["bamboogle"]["f1"] == 100.0
     assert cm.main(["exp2"]) == 2
     assert "exp2_result.json" in capsys.readouterr().err
+
+
+def test_cli_finds_a_run_by_experiment_name_and_names_scores_as_evaluate_sh(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cm, "EVALUATE_DIR", tmp_path / "evaluate")
+    rollouts = [validate_record(r, strict=False) for r in _records()]
+    write_rollouts(rollouts, rollout_dir("igpo-local", "grpo", root=tmp_path / "outputs"), 10)
+    write_rollouts(rollouts, rollout_dir("igpo-local", "grpo", root=tmp_path / "outputs"), 30)
+    assert cm.main(["grpo"]) == 0
+    assert (tmp_path / "outputs" / "igpo-local" / "grpo" / "score_step_30.json").is_file()
+    assert "score_step_30.json" in capsys.readouterr().err
+    write_rollouts(rollouts, rollout_dir("igpo", "grpo", root=tmp_path / "outputs"), 5)
+    assert cm.main(["grpo"]) == 2  # two runs of that name: asks for the folder
+    assert "several runs are named 'grpo'" in capsys.readouterr().err
+    assert cm.main(["nothing"]) == 2
+    assert "no run outputs/*/nothing/rollout" in capsys.readouterr().err
+
+
+def test_evaluate_sh_and_calculate_metrics_share_the_score_name():
+    from igpo.rollout_io import score_path
+
+    text = (ROOT / "evaluate.sh").read_text()
+    assert "score_path" in text and "--out" not in text.split("score_rollout() {")[1].split("}")[0]
+    assert score_path("o/p/e/rollout/rollout_step_7.json") == Path("o/p/e/score_step_7.json")
+    assert score_path("evaluate/exp_result.json") == Path("evaluate/exp_score.json")
+    assert score_path("r.json") == Path("r_score.json")
 
 
 def test_script_runs_as_command(tmp_path):

@@ -52,6 +52,8 @@ def prepare_index(cfg: HandlerConfig, show_progress: bool = True) -> HandlerConf
             raise FileNotFoundError(
                 f"no usable BM25 index in {cfg.index_dir!r} and no corpus given to build one"
             )
+        elif not Path(cfg.corpus).is_file():  # checked before the build is announced
+            raise FileNotFoundError(f"corpus {cfg.corpus!r} does not exist (or is not a file)")
         else:
             log.info("building BM25 index of %s into %s", cfg.corpus, cfg.index_dir)
             build_index(cfg.corpus, cfg.index_dir, cfg.bm25, show_progress=show_progress)

@@ -38,15 +38,30 @@ def build_index(
     corpus: str | Path, out_dir: str | Path, cfg: Bm25Config | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
     """Tokenize the corpus and write a complete index directory atomically; return its meta."""
-    import bm25s
-    from tqdm import tqdm
-
     cfg = cfg or Bm25Config()
+    if not Path(corpus).is_file():
+        raise FileNotFoundError(f"corpus {str(corpus)!r} does not exist (or is not a file)")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        meta = _build_into(corpus, tmp, cfg, show_progress)
+    except BaseException:  # a failed or interrupted build leaves no half-written folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return meta
+
+
+def _build_into(corpus: str | Path, tmp: Path, cfg: Bm25Config, show_progress: bool) -> dict[str, Any]:
+    """Write the index of ``corpus`` into the (empty) folder ``tmp``; return its meta."""
+    import bm25s
+    from tqdm import tqdm
+
     t0 = time.time()
     tok = Tokenizer(cfg.stemmer, cfg.stopwords)
     vocab: dict[str, int] = {}
@@ -82,9 +97,6 @@ def build_index(
         "bm25": {"k1": cfg.k1, "b": cfg.b, "method": cfg.method},
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     return meta
 
 

@@ -22,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from igpo.local.generation import LockstepBatcher
 from igpo.local.synthetic import ANSWER_TEMPLATE
 from igpo.metrics import turn_reward_metrics, zero_advantage_group_share
 from igpo.rollout import Episode, call_handler_tool, run_episode
+from igpo.settings import SettingError, check_settings
 from igpo.turns import prefix_ends_from_turn_ends
 
 
@@ -111,24 +112,132 @@ class LocalConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> LocalConfig:
-    """Merge ``configs/local.yaml`` (or ``path``) and ``key=value`` overrides into a checked config."""
-    from omegaconf import OmegaConf
+    """Merge ``configs/local.yaml`` (or ``path``) and ``key=value`` overrides into a checked config.
 
-    base = OmegaConf.structured(LocalConfig)
-    layers = [base]
-    if path is not None:
-        layers.append(OmegaConf.load(path))
+    Every setting is checked here (types, and values against :data:`igpo.settings.RULES`), so a bad
+    value stops the job before the task, the handler or the policy is built; the
+    :class:`~igpo.settings.SettingError` has one line per bad key, naming the key, the value and what
+    is allowed.
+    """
+    import difflib
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
     bad = [o for o in overrides if "=" not in o]
     if bad:
-        raise ValueError(f"overrides must look like key=value, got {bad}")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
-    cfg: LocalConfig = OmegaConf.to_object(OmegaConf.merge(*layers))  # unknown keys raise, naming them
-    if cfg.steps < 0 or cfg.prompts_per_step < 1 or cfg.group_size < 1:
-        raise ValueError(
-            f"steps >= 0, prompts_per_step >= 1 and group_size >= 1 are required, got "
-            f"{cfg.steps}, {cfg.prompts_per_step}, {cfg.group_size}"
+        raise SettingError(f"overrides must look like key=value, got {bad}")
+    base = OmegaConf.structured(LocalConfig)
+    layers = [base]
+    try:
+        if path is not None:
+            layers.append(OmegaConf.load(path))
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg: LocalConfig = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except ConfigKeyError as e:
+        key = str(e.full_key or e.key)
+        near = difflib.get_close_matches(key, [f.name for f in fields(LocalConfig)], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise SettingError(f"unknown setting {key!r} (not a field of configs/local.yaml){hint}") from None
+    except OmegaConfBaseException as e:
+        msg = str(getattr(e, "msg", None) or e).splitlines()[0]
+        raise SettingError(f"{e.full_key or 'configuration'}: {msg}") from None
+    check_settings(asdict(cfg))
+    problems = []
+    if cfg.hidden_size % cfg.heads:
+        problems.append(
+            f"hidden_size={cfg.hidden_size} is not allowed: expected a multiple of heads={cfg.heads}"
         )
+    if not cfg.hops or not set(cfg.hops) <= {1, 2, 3}:
+        problems.append(f"hops={list(cfg.hops)} is not allowed: expected a non-empty subset of [1, 2, 3]")
+    if problems:
+        raise SettingError("\n".join(problems))
     return cfg
+
+
+#: Settings that do not change what training computes: a run may be resumed with other values of these.
+RESUMABLE_KEYS = frozenset(
+    {
+        "project",
+        "experiment",
+        "out_root",
+        "steps",
+        "eval_every",
+        "eval_size",
+        "save_every",
+        "resume",
+        "handler_url",
+        "tensorboard",
+        "progress",
+        "micro_batch",
+    }
+)
+#: The settings of the run an experiment folder holds, written when the run starts.
+RUN_SETTINGS = "config.json"
+
+
+class RunMismatch(SettingError):
+    """The experiment folder holds a run made with other training settings than the ones asked for."""
+
+
+def saved_settings(out: Path) -> dict[str, Any] | None:
+    """The settings of the run in ``out``: its ``config.json``, else its latest checkpoint's, else None."""
+    if (out / RUN_SETTINGS).is_file():
+        return json.loads((out / RUN_SETTINGS).read_text())
+    steps = sorted((out / "checkpoints").glob("step_*/trainer.pt"), key=lambda p: int(p.parent.name[5:]))
+    if steps:
+        return dict(torch.load(steps[-1], weights_only=False).get("config") or {})
+    return None
+
+
+def settings_differences(saved: dict[str, Any], cfg: LocalConfig) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, value now)`` for each training setting that differs (missing: its default)."""
+    defaults = asdict(LocalConfig())
+    now = asdict(cfg)
+    return [
+        (k, saved.get(k, defaults[k]), v)
+        for k, v in now.items()
+        if k not in RESUMABLE_KEYS and saved.get(k, defaults[k]) != v
+    ]
+
+
+def check_same_run(cfg: LocalConfig, fix: str | None = None) -> None:
+    """Raise :class:`RunMismatch` when ``cfg.out_dir`` holds a run whose training settings differ from cfg.
+
+    The message names each differing key with both values, then ``fix`` (default: the two ways on when
+    training, a new experiment name or ``resume=false`` to set the old run aside).
+    """
+    saved = saved_settings(cfg.out_dir)
+    diffs = settings_differences(saved, cfg) if saved is not None else []
+    if diffs:
+        lines = [f"experiment {cfg.experiment!r} ({cfg.out_dir}) holds a run made with other settings:"]
+        lines += [f"  {k}: the run has {old!r}, asked for {new!r}" for k, old, new in diffs]
+        lines.append(
+            fix
+            or "Resuming it would mix two runs. Use experiment=NAME to start a new run beside it, or "
+            f"resume=false to move the old run aside (to {cfg.out_dir.name}.replaced-DATE) and start afresh."
+        )
+        raise RunMismatch("\n".join(lines))
+
+
+def open_run(cfg: LocalConfig, log: Callable[[str], None] = print) -> None:
+    """Make ``cfg.out_dir`` ready for a run of ``cfg`` before any work, and record cfg there.
+
+    ``resume=true``: a run already there must have the same training settings (else :class:`RunMismatch`);
+    ``resume=false``: a run already there is moved aside to a sibling ``NAME.replaced-DATE`` folder.
+    """
+    out = cfg.out_dir
+    holds_run = (
+        (out / RUN_SETTINGS).is_file() or (out / "checkpoints").is_dir() or (out / "metrics.jsonl").exists()
+    )
+    if cfg.resume:
+        check_same_run(cfg)
+    elif holds_run:
+        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
+        log(f"[igpo-local] resume=false: moved the previous run in {out} to {aside}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_SETTINGS).write_text(json.dumps(asdict(cfg), indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -229,8 +338,7 @@ class LocalEngine:
     def __init__(self, cfg: LocalConfig, log=print):
         self.cfg = cfg
         self.log = log
-        self.out = cfg.out_dir
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = cfg.out_dir  # created by prepare_task (or open_run): a failed start leaves no folder
         self.handler = None
         self.handler_url = cfg.handler_url
         self.step = 0
@@ -243,6 +351,7 @@ class LocalEngine:
         from igpo.local.synthetic import load_task, make_task, write_task
 
         data = self.out / "data"
+        self.out.mkdir(parents=True, exist_ok=True)
         if (data / "task.json").exists():
             self.task = load_task(data)
         else:
@@ -259,15 +368,17 @@ class LocalEngine:
         self.corpus = data / "corpus.jsonl"
         return self.task
 
-    def start_handler(self):
-        """Start a local handler over the task corpus, unless ``handler_url`` names a running one."""
+    def start_handler(self, log_name: str = "handler.log"):
+        """Start a local handler over the task corpus, unless ``handler_url`` names a running one.
+
+        Its output goes to ``log_name`` in the experiment folder (evaluation uses its own name, so the
+        training handler's log is kept).
+        """
         if self.handler_url:
             return self.handler_url
         from handler.launch import HandlerProcess
 
-        self.handler = HandlerProcess(
-            self.corpus, log_path=self.out / "handler.log", extra_args=["--no-cache"]
-        )
+        self.handler = HandlerProcess(self.corpus, log_path=self.out / log_name, extra_args=["--no-cache"])
         self.handler.start()
         self.handler_url = self.handler.url
         return self.handler_url

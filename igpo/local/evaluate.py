@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from igpo.local.engine import LocalEngine, load_config
+from igpo.local.engine import LocalEngine, check_same_run, load_config
 from igpo.local.train import DEFAULT_CONFIG
 from igpo.rollout_io import rollout_dir, write_rollouts
+from igpo.settings import SettingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,15 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config if Path(args.config).exists() else None, args.overrides)
-    except Exception as e:
-        print(f"igpo.local.evaluate: bad configuration: {e}", file=sys.stderr)
+        if (cfg.out_dir / "data" / "task.json").exists():
+            check_same_run(
+                cfg,
+                fix="Drop the differing overrides to evaluate the run as it was trained, "
+                "or name another run with experiment=NAME.",
+            )
+    except SettingError as e:
+        for line in str(e).splitlines():
+            print(f"igpo.local.evaluate: {line}", file=sys.stderr)
         return 2
     from igpo.local.tiny_policy import load_policy
 
-    engine = LocalEngine(cfg)
+    engine = LocalEngine(cfg)  # creates nothing: a run that does not exist gets no folder
     if not (engine.out / "data" / "task.json").exists():
         print(
-            f"igpo.local.evaluate: no task in {engine.out / 'data'}; train first (bash policy_optimization.sh)",
+            f"igpo.local.evaluate: no run {cfg.experiment!r}: no task in {engine.out / 'data'}; "
+            "train first (bash policy_optimization.sh experiment=NAME)",
             file=sys.stderr,
         )
         return 2
@@ -47,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         engine.prepare_task()
-        engine.start_handler()
+        engine.start_handler("handler-eval.log")
         engine.policy, engine.tokenizer = load_policy(ckpt / "policy")
         engine.step = int(ckpt.name.split("_")[-1]) if ckpt.name.startswith("step_") else 0
         questions = engine.test_q if args.split == "test" else engine.train_q

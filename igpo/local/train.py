@@ -15,8 +15,9 @@ import math
 import sys
 from pathlib import Path
 
-from igpo.local.engine import LocalEngine, MetricsLog, load_config
+from igpo.local.engine import LocalEngine, MetricsLog, load_config, open_run
 from igpo.rollout_io import rollout_dir, write_rollouts
+from igpo.settings import SettingError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 
@@ -59,6 +60,8 @@ def plot_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
     a2.set_ylabel("share of zero-advantage groups")
     a2.set_ylim(0, 1)
     a2.legend()
+    # both lines score the same sampled batches, once with each estimator (not two training runs)
+    a2.set_title("same batches, two estimators")
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
@@ -69,6 +72,7 @@ def run(cfg, log=print) -> dict:
     """Run the whole job; returns the paths it wrote and the final evaluation."""
     from tqdm import tqdm
 
+    open_run(cfg, log)  # refuses to resume a run made with other settings, before any work
     engine = LocalEngine(cfg, log=log)
     sink = MetricsLog(engine.out, tensorboard=cfg.tensorboard)
     try:
@@ -137,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config if Path(args.config).exists() else None, args.overrides)
-    except Exception as e:  # OmegaConf names the bad key; keep the message, drop the traceback
-        print(f"igpo.local.train: bad configuration: {e}", file=sys.stderr)
+        result = run(cfg)  # first checks the experiment folder (open_run)
+    except SettingError as e:  # names the bad key and value, or the run it would mix with; no traceback
+        for line in str(e).splitlines():
+            print(f"igpo.local.train: {line}", file=sys.stderr)
         return 2
-    result = run(cfg)
     print("\n[igpo-local] done:")
     for k, v in result.items():
         print(f"  {k:>15}: {v:.3f}" if isinstance(v, float) and not math.isnan(v) else f"  {k:>15}: {v}")

@@ -7,23 +7,7 @@ from typing import Any
 
 from verl.trainer.config import AlgoConfig
 
-IGPO_DEFAULTS: dict[str, Any] = {
-    "reward_mode": "f1+ig",
-    "norm": "separate",
-    "epsilon": 1e-6,
-    "ig_source": "recompute",
-    "ig_basis": "logprob",
-    "format_penalty": -1.0,
-    "answer_template": "<think>Now there's enough information to answer</think><answer>{answer}</answer>",
-}
-
-# Allowed values of the enumerated settings, checked where the settings are read.
-IGPO_CHOICES: dict[str, tuple[str, ...]] = {
-    "reward_mode": ("f1+ig", "f1", "ig"),
-    "norm": ("separate", "joint"),
-    "ig_source": ("recompute", "none"),
-    "ig_basis": ("logprob", "prob"),
-}
+from igpo.settings import IGPO_CHOICES, IGPO_DEFAULTS  # noqa: F401  (re-exported: defined once there)
 
 
 @dataclass

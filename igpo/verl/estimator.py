@@ -16,7 +16,7 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from igpo.advantage import compute_igpo_advantage
-from igpo.verl.config import IGPO_CHOICES, IGPO_DEFAULTS
+from igpo.settings import IGPO_DEFAULTS, SettingError, check_settings
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -35,7 +35,7 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 def igpo_settings(config: Any) -> dict[str, Any]:
     """Resolve the estimator's settings from ``config.algorithm`` (any mapping-like or None)."""
     if _get(config, "use_kl_in_reward", False):
-        raise ValueError(
+        raise SettingError(
             "algorithm.use_kl_in_reward=True is not supported with adv_estimator=igpo: the in-reward KL "
             "is spread over every token and would break the turn-reward encoding. Use the KL loss "
             "(actor_rollout_ref.actor.use_kl_loss=True, kl_loss_coef=0.001 as in the paper) instead."
@@ -43,12 +43,14 @@ def igpo_settings(config: Any) -> dict[str, Any]:
     sub = _get(config, "igpo", None)
     unknown = set(dict(sub).keys()) - set(IGPO_DEFAULTS) if sub is not None else set()
     if unknown:
-        raise ValueError(f"algorithm.igpo has unknown keys {sorted(unknown)}; known: {sorted(IGPO_DEFAULTS)}")
+        raise SettingError(
+            f"algorithm.igpo has unknown keys {sorted(unknown)}; known: {sorted(IGPO_DEFAULTS)}"
+        )
     settings = {k: _get(sub, k, v) for k, v in IGPO_DEFAULTS.items()}
-    for key, choices in IGPO_CHOICES.items():
-        if settings[key] not in choices:
-            raise ValueError(f"algorithm.igpo.{key} must be one of {choices}, got {settings[key]!r}")
-    settings["gamma"] = float(_get(config, "gamma", 1.0))
+    settings["gamma"] = _get(config, "gamma", 1.0)
+    names = {k: f"algorithm.igpo.{k}" for k in IGPO_DEFAULTS} | {"gamma": "algorithm.gamma"}
+    check_settings(settings, names)  # one line per bad key, naming it, its value and what is allowed
+    settings["gamma"] = float(settings["gamma"])
     settings["norm_by_std"] = bool(_get(config, "norm_adv_by_std_in_grpo", True))
     return settings
 

@@ -1,4 +1,4 @@
-"""Per-step IGPO metrics from a batch (issue 5, item 5) and the IG → reward step, as pure functions.
+"""Per-step IGPO metrics from a batch and the IG → reward step, as pure functions.
 
 Everything here takes padded tensors and per-row Python objects (what the trainer reads back from
 TransferQueue after ``to_padded_tensor``), so it runs on CPU against a real ``DataProto``.

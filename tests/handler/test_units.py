@@ -204,3 +204,24 @@ def test_unhandled_error_is_json_500_and_counted(tmp_path) -> None:
         text = c.get("/metrics").text
     assert 'handler_errors_total{endpoint="/health",kind="internal"} 1.0' in text
     assert 'handler_requests_total{endpoint="/retrieve",status="413"} 1.0' in text
+
+
+def test_failed_index_builds_leave_no_temporary_folder(tmp_path, caplog) -> None:
+    """A missing corpus is refused before a build is announced; a build that fails midway cleans up."""
+    import logging
+
+    from handler.backends import prepare_index
+    from handler.config import HandlerConfig
+
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        build_index(tmp_path / "missing.jsonl", tmp_path / "missing.bm25-index", show_progress=False)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="has no documents"):  # fails after the temporary folder exists
+        build_index(empty, tmp_path / "empty.bm25-index", show_progress=False)
+    cfg = HandlerConfig()
+    cfg.corpus = str(tmp_path / "gone.jsonl")
+    with caplog.at_level(logging.INFO), pytest.raises(FileNotFoundError, match="gone.jsonl"):
+        prepare_index(cfg, show_progress=False)
+    assert "building" not in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]

@@ -1,13 +1,21 @@
 """The trainer config composes on CPU, carries the paper's Table 4 values and survives verl's
 dataclass conversion of the algorithm block."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from verl.utils.config import omega_conf_to_dataclass
 
+from igpo.settings import SettingError
 from igpo.verl.config import IGPOAlgoConfig
 from igpo.verl.estimator import igpo_settings
-from igpo.verl.main import CONFIG_DIR
+from igpo.verl.main import CONFIG_DIR, check_config, check_resume, record_run
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def compose_trainer(overrides=()):
@@ -55,8 +63,82 @@ def test_overrides_reach_the_estimator_settings():
 
 def test_bad_override_is_named():
     cfg = compose_trainer(["algorithm.igpo.ig_basis=probability"])
-    with pytest.raises(ValueError, match="ig_basis must be one of.*'probability'"):
+    with pytest.raises(ValueError) as e:
         igpo_settings(cfg.algorithm)
+    assert str(e.value) == (
+        "algorithm.igpo.ig_basis='probability' is not allowed: expected one of 'logprob', 'prob'"
+    )
+
+
+def test_check_config_names_every_bad_igpo_and_trainer_value():
+    cfg = compose_trainer(
+        [
+            "algorithm.igpo.reward_mode=bogus",
+            "algorithm.gamma=1.5",
+            "trainer.total_training_steps=abc",
+            "actor_rollout_ref.rollout.n=1",
+            "actor_rollout_ref.actor.optim.lr=0",
+        ]
+    )
+    with pytest.raises(SettingError) as e:
+        check_config(cfg)
+    assert str(e.value).splitlines() == [
+        "algorithm.igpo.reward_mode='bogus' is not allowed: expected one of 'f1+ig', 'f1', 'ig'",
+        "algorithm.gamma=1.5 is not allowed: expected a number in [0, 1]",
+        "actor_rollout_ref.actor.optim.lr=0 is not allowed: expected a number > 0",
+        "actor_rollout_ref.rollout.n=1 is not allowed: expected an integer >= 2",
+        "trainer.total_training_steps='abc' is not allowed: expected an integer >= 1",
+    ]
+    check_config(compose_trainer())  # the shipped config passes
+
+
+def _cli(args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "igpo.verl.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_dry_run_refuses_bad_values_and_types_without_a_traceback(tmp_path):
+    r = _cli(["--dry-run", "algorithm.igpo.reward_mode=bogus", "trainer.total_training_steps=abc"], tmp_path)
+    assert r.returncode == 2, r.stdout
+    assert r.stderr.strip().splitlines() == [
+        "igpo.verl.main: algorithm.igpo.reward_mode='bogus' is not allowed: expected one of 'f1+ig', 'f1', 'ig'",
+        "igpo.verl.main: trainer.total_training_steps='abc' is not allowed: expected an integer >= 1",
+    ]
+    assert list(tmp_path.iterdir()) == []  # no hydra outputs/DATE/TIME folder
+
+
+def test_failed_start_leaves_no_hydra_folder_and_help_prints_usage(tmp_path):
+    r = _cli(["algorithm.gamma=2"], tmp_path)
+    assert r.returncode == 2 and "algorithm.gamma=2 is not allowed" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    h = _cli(["--help"], tmp_path)
+    assert h.returncode == 0 and "usage: python -m igpo.verl.main" in h.stdout
+
+
+def test_resume_with_other_training_settings_is_refused(tmp_path):
+    run = tmp_path / "ckpt"
+    cfg = compose_trainer([f"trainer.default_local_dir={run}"])
+    assert check_resume(cfg) == run  # nothing to resume yet
+    record_run(cfg, run)
+    (run / "latest_checkpointed_iteration.txt").write_text("20")
+    assert (
+        check_resume(compose_trainer([f"trainer.default_local_dir={run}", "trainer.total_epochs=3"])) == run
+    )
+    changed = compose_trainer([f"trainer.default_local_dir={run}", "algorithm.igpo.reward_mode=f1"])
+    with pytest.raises(SettingError) as e:
+        check_resume(changed)
+    assert "algorithm.igpo.reward_mode: the run has 'f1+ig', asked for 'f1'" in str(e.value)
+    assert "trainer.experiment_name=NAME" in str(e.value) and "trainer.resume_mode=disable" in str(e.value)
+    fresh = compose_trainer(
+        [f"trainer.default_local_dir={run}", "algorithm.igpo.reward_mode=f1", "trainer.resume_mode=disable"]
+    )
+    assert check_resume(fresh) == run
 
 
 def test_agent_loop_and_tool_configs_exist_and_name_our_classes(cfg):
