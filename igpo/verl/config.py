@@ -7,6 +7,8 @@ from typing import Any
 
 from verl.trainer.config import AlgoConfig
 
+from igpo.prompts import ANSWER_WRAPPER
+
 IGPO_DEFAULTS: dict[str, Any] = {
     "reward_mode": "f1+ig",
     "norm": "separate",
@@ -14,7 +16,8 @@ IGPO_DEFAULTS: dict[str, Any] = {
     "ig_source": "recompute",
     "ig_basis": "logprob",
     "format_penalty": -1.0,
-    "answer_template": "<think>Now there's enough information to answer</think><answer>{answer}</answer>",
+    # the layout the system prompt asks for; igpo.prompts.INLINE_ANSWER_WRAPPER is the paper's inline example
+    "answer_template": ANSWER_WRAPPER,
 }
 
 # Allowed values of the enumerated settings, checked where the settings are read.
