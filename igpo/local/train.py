@@ -15,6 +15,7 @@ import math
 import sys
 from pathlib import Path
 
+from igpo.info_gain import AnswerTemplateError
 from igpo.local.engine import LocalEngine, MetricsLog, load_config
 from igpo.rollout_io import rollout_dir, write_rollouts
 
@@ -140,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # OmegaConf names the bad key; keep the message, drop the traceback
         print(f"igpo.local.train: bad configuration: {e}", file=sys.stderr)
         return 2
-    result = run(cfg)
+    try:
+        result = run(cfg)
+    except (
+        AnswerTemplateError
+    ) as e:  # refused at start-up, before any training: the message says what to change
+        print(f"igpo.local.train: {e}", file=sys.stderr)
+        return 2
     print("\n[igpo-local] done:")
     for k, v in result.items():
         print(f"  {k:>15}: {v:.3f}" if isinstance(v, float) and not math.isnan(v) else f"  {k:>15}: {v}")

@@ -37,10 +37,11 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from igpo.info_gain import check_answer_template
 from igpo.verl.engine import IG_FLAG
 from igpo.verl.estimator import igpo_settings
 from igpo.verl.ig_metrics import igpo_step_metrics, rewards_with_ig
-from igpo.verl.ig_recompute import ig_request
+from igpo.verl.ig_recompute import dataset_answers, ig_request
 
 __all__ = ["IGPOTrainer", "ig_input_fields", "padded", "to_list"]
 
@@ -96,6 +97,15 @@ class IGPOTrainer(PPOTrainerSync):
             raise ValueError(
                 "algorithm.igpo.ig_source=recompute needs the old-log-prob recompute, but "
                 "algorithm.rollout_correction.bypass_mode=true skips it; disable bypass_mode or set ig_source=none"
+            )
+
+    def _init_dataloader(self) -> None:
+        """verl's dataloaders, then the answer-template check (before any worker or rollout starts)."""
+        super()._init_dataloader()
+        if self._ig_on():
+            answers = dataset_answers(self.train_dataset)
+            check_answer_template(
+                self.tokenizer, self.igpo["answer_template"], answers, "algorithm.igpo.answer_template"
             )
 
     # -- step 4: old log-probs with answer copies ------------------------------------------------
