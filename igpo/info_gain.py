@@ -43,18 +43,24 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from igpo.prompts import ANSWER_WRAPPER
+
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "METHODS",
+    "AnswerTemplateError",
     "CopyLayout",
+    "answer_copy",
     "answer_logprobs",
     "build_copy_layout",
+    "check_answer_template",
     "copy_attention",
     "copy_attention_enabled",
     "ground_truth_gain",
@@ -62,6 +68,7 @@ __all__ = [
     "pack_input_ids",
     "packed_logprobs_with_copies",
     "register_copy_attention",
+    "sample_answers",
     "split_outputs",
     "token_logprobs",
 ]
@@ -695,21 +702,9 @@ def ground_truth_gain(logprobs: Sequence[torch.Tensor]) -> float:
     return sum(gains) / len(gains) if gains else math.nan
 
 
-def answer_copy(
-    tokenizer,
-    answer: str,
-    template: str = "<think>Now there's enough information to answer</think><answer>{answer}</answer>",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize the gold answer wrapped as the agent writes a final turn, and mark the answer tokens.
-
-    Args:
-        tokenizer: a Hugging Face fast tokenizer (offsets are needed to find the answer's tokens).
-        answer: the gold answer text.
-        template: the wrapper; ``{answer}`` is replaced by the answer (``algorithm.igpo.answer_template``).
-    Returns:
-        ``(copy_ids (G,) long, score_mask (G,) bool)``: the mask is True on tokens overlapping the answer.
-    """
-    if "{answer}" not in template:
+def _wrapped_answer(tokenizer, answer: str, template: str) -> tuple[str, int, int, list[int], list]:
+    """``(text, start, end, ids, offsets)``: the wrapped answer, its character span and its tokens."""
+    if not isinstance(template, str) or "{answer}" not in template:
         raise ValueError(f"answer_template must contain '{{answer}}', got {template!r}")
     if not isinstance(answer, str) or not answer.strip():
         raise ValueError(f"answer must be a non-empty string, got {answer!r}")
@@ -717,8 +712,88 @@ def answer_copy(
     text = template.replace("{answer}", answer)
     start, end = len(prefix), len(prefix) + len(answer)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
-    mask = torch.tensor([s < end and e > start for s, e in enc["offset_mapping"]], dtype=torch.bool)
+    return text, start, end, list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def answer_copy(tokenizer, answer: str, template: str = ANSWER_WRAPPER) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize the gold answer wrapped as the agent writes a final turn, and mark the answer tokens.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer (offsets are needed to find the answer's tokens).
+        answer: the gold answer text.
+        template: the wrapper; ``{answer}`` is replaced by the answer (``algorithm.igpo.answer_template``,
+            default :data:`igpo.prompts.ANSWER_WRAPPER`).
+    Returns:
+        ``(copy_ids (G,) long, score_mask (G,) bool)``: the mask is True on tokens overlapping the answer.
+    """
+    text, start, end, ids, offsets = _wrapped_answer(tokenizer, answer, template)
+    mask = torch.tensor([s < end and e > start for s, e in offsets], dtype=torch.bool)
     if not bool(mask.any()):
         raise ValueError(f"no token of the wrapped answer covers the answer {answer!r} in {text!r}")
-    return ids, mask
+    return torch.tensor(ids, dtype=torch.long), mask
+
+
+class AnswerTemplateError(ValueError):
+    """The answer template makes a scored token hold template text (raised at start-up, before training)."""
+
+
+def sample_answers(answers: Iterable[str], k: int = 1000, seed: int = 0) -> list[str]:
+    """Up to ``k`` distinct answers (all of them when there are fewer), a fixed-seed sample otherwise."""
+    distinct = list(dict.fromkeys(a for a in answers if isinstance(a, str) and a.strip()))
+    if len(distinct) <= k:
+        return distinct
+    return random.Random(seed).sample(distinct, k)
+
+
+def check_answer_template(
+    tokenizer, template: str, answers: Iterable[str], setting: str = "answer_template"
+) -> None:
+    """Refuse a template under which the scored tokens are not the gold answer's own tokens.
+
+    For each answer, the wrapped text is tokenized as :func:`answer_copy` does. A scored token (one
+    overlapping the answer) may carry whitespace next to the answer (a word's leading space, a line
+    break after final punctuation: that is how the agent writes the answer) but no other template
+    character, such as the ``>`` a byte-level BPE merges into ``>Paris``; and the scored tokens must
+    equal the tokens of that same text tokenized on its own. Raises :class:`AnswerTemplateError` (a
+    ``ValueError``) naming ``setting``, the template, the answer, the offending token and what to change.
+    """
+    if not isinstance(template, str) or "{answer}" not in template:
+        raise AnswerTemplateError(f"{setting} must contain '{{answer}}', got {template!r}")
+    checked = 0
+    for answer in answers:
+        text, start, end, ids, offsets = _wrapped_answer(tokenizer, answer, template)
+        scored = [j for j, (s, e) in enumerate(offsets) if s < end and e > start]
+        if not scored:
+            raise AnswerTemplateError(
+                f"{setting}={template!r}: no token of the wrapped answer covers the gold answer {answer!r}"
+            )
+        for j in scored:
+            s, e = offsets[j]
+            outside = text[s:start] + text[end:e]
+            if outside.strip():
+                tok = tokenizer.convert_ids_to_tokens(ids[j])
+                raise AnswerTemplateError(
+                    f"{setting}={template!r}: for the gold answer {answer!r} the scored token {tok!r} "
+                    f"(id {ids[j]}, text {text[s:e]!r}) also holds {outside.strip()!r} of the template, so the "
+                    f"answer log-probability would include template text. Set {setting} to a template with a "
+                    f"line break between the tags and {{answer}}, e.g. the default {ANSWER_WRAPPER!r}."
+                )
+        lo, hi = min(offsets[j][0] for j in scored), max(offsets[j][1] for j in scored)
+        own = list(tokenizer(text[lo:hi], add_special_tokens=False)["input_ids"])
+        got = [ids[j] for j in scored]
+        if got != own:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(got, own, strict=False)) if a != b), min(len(got), len(own))
+            )
+            bad = got[first] if first < len(got) else got[-1]
+            raise AnswerTemplateError(
+                f"{setting}={template!r}: for the gold answer {answer!r} the scored tokens "
+                f"{tokenizer.convert_ids_to_tokens(got)} differ from the answer's own tokens "
+                f"{tokenizer.convert_ids_to_tokens(own)} (first offending token "
+                f"{tokenizer.convert_ids_to_tokens(bad)!r}): the template's text next to {{answer}} changes "
+                f"how the answer is tokenized. Set {setting} to a template with a line break between the "
+                f"tags and {{answer}}, e.g. the default {ANSWER_WRAPPER!r}."
+            )
+        checked += 1
+    if checked == 0:
+        raise AnswerTemplateError(f"{setting}={template!r}: no gold answer to check the template with")

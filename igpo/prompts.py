@@ -21,6 +21,7 @@ from typing import Any
 __all__ = [
     "ANSWER_WRAPPER",
     "DEFAULT_TOOLS",
+    "INLINE_ANSWER_WRAPPER",
     "TOOL_SCHEMAS",
     "build_prompt",
     "find_tool_calls",
@@ -95,9 +96,14 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
 #: Tools offered when none are named: local retrieval only (the laptop/default setting).
 DEFAULT_TOOLS: tuple[str, ...] = ("search",)
 
-#: How the agent writes a final answer; the IG computation appends this after each turn and scores
-#: only the tokens of ``{answer}``.
-ANSWER_WRAPPER = "<think>Now there's enough information to answer</think><answer>{answer}</answer>"
+#: How the agent writes a final answer, in the layout the system prompt asks for (each tag on its own
+#: line); the IG computation appends this after each turn and scores only the tokens of ``{answer}``.
+#: The line break before ``{answer}`` also keeps BPE from merging the tag's ``>`` into the answer.
+ANSWER_WRAPPER = "<think>\nNow there's enough information to answer\n</think>\n<answer>\n{answer}\n</answer>"
+
+#: The paper's inline example of the final turn (Appendix H). Not the default: under Qwen2's
+#: pre-tokenizer ``>Paris`` is one pre-token, so a scored token may carry the tag's ``>``.
+INLINE_ANSWER_WRAPPER = "<think>Now there's enough information to answer</think><answer>{answer}</answer>"
 
 _TEMPLATE_HEAD = """\
 * Today is {today}
@@ -222,16 +228,19 @@ def build_prompt(
     ]
 
 
-def wrap_answer(answer: str) -> tuple[str, tuple[int, int]]:
+def wrap_answer(answer: str, template: str = ANSWER_WRAPPER) -> tuple[str, tuple[int, int]]:
     """Wrap ``answer`` as the agent writes a final turn, and give the answer's character span.
 
-    Returns ``(text, (start, end))`` with ``text[start:end] == answer``; the information-gain code
-    tokenizes ``text`` and scores only the tokens covering that span.
+    ``template`` holds ``{answer}`` once (default :data:`ANSWER_WRAPPER`). Returns
+    ``(text, (start, end))`` with ``text[start:end] == answer``; the information-gain code tokenizes
+    ``text`` and scores only the tokens covering that span.
     """
     if not isinstance(answer, str):
         raise ValueError(f"answer: expected a string, got {type(answer).__name__}")
-    prefix, _, _ = ANSWER_WRAPPER.partition("{answer}")
-    text = ANSWER_WRAPPER.format(answer=answer)
+    if not isinstance(template, str) or template.count("{answer}") != 1:
+        raise ValueError(f"answer_template must contain '{{answer}}' exactly once, got {template!r}")
+    prefix, _, suffix = template.partition("{answer}")
+    text = prefix + answer + suffix
     start = len(prefix)
     return text, (start, start + len(answer))
 

@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from igpo.prompts import ANSWER_WRAPPER
+
 #: Defaults of the ``algorithm.igpo`` block on the verl path (the local engine has the same fields).
 IGPO_DEFAULTS: dict[str, Any] = {
     "reward_mode": "f1+ig",
@@ -21,7 +23,8 @@ IGPO_DEFAULTS: dict[str, Any] = {
     "ig_source": "recompute",
     "ig_basis": "logprob",
     "format_penalty": -1.0,
-    "answer_template": "<think>Now there's enough information to answer</think><answer>{answer}</answer>",
+    # the layout the system prompt asks for; igpo.prompts.INLINE_ANSWER_WRAPPER is the paper's inline example
+    "answer_template": ANSWER_WRAPPER,
 }
 
 

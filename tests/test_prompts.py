@@ -10,6 +10,7 @@ import pytest
 
 from igpo.prompts import (
     ANSWER_WRAPPER,
+    INLINE_ANSWER_WRAPPER,
     TOOL_SCHEMAS,
     build_prompt,
     find_tool_calls,
@@ -81,17 +82,26 @@ def test_build_prompt():
 
 def test_wrap_answer_span():
     text, (s, e) = wrap_answer("Canberra")
-    assert text == "<think>Now there's enough information to answer</think><answer>Canberra</answer>"
+    assert (
+        text == "<think>\nNow there's enough information to answer\n</think>\n<answer>\nCanberra\n</answer>"
+    )
     assert text == ANSWER_WRAPPER.format(answer="Canberra")
     assert text[s:e] == "Canberra"
-    # The prefix "<think>Now there's enough information to answer</think><answer>" has 63 characters.
-    assert (s, e) == (63, 71)
+    # The prefix "<think>\nNow there's enough information to answer\n</think>\n<answer>\n" has 67 characters.
+    assert (s, e) == (67, 75)
     text, (s, e) = wrap_answer("{x} & <y>")
     assert text[s:e] == "{x} & <y>" and text.endswith("</answer>")
     text, (s, e) = wrap_answer("")
-    assert s == e == 63
+    assert s == e == 67
+    text, (s, e) = wrap_answer("Canberra", INLINE_ANSWER_WRAPPER)
+    assert text == "<think>Now there's enough information to answer</think><answer>Canberra</answer>"
+    assert (s, e) == (63, 71)
     with pytest.raises(ValueError):
         wrap_answer(["a"])  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match="answer_template must contain '{answer}' exactly once, got '<answer>'"
+    ):
+        wrap_answer("a", "<answer>")
 
 
 def test_tool_call_round_trip():

@@ -31,7 +31,14 @@ import torch
 
 from igpo.advantage import compute_igpo_advantage, ig_to_token_rewards
 from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, outcome_reward
-from igpo.info_gain import answer_copy, ground_truth_gain, information_gain, packed_logprobs_with_copies
+from igpo.info_gain import (
+    answer_copy,
+    check_answer_template,
+    ground_truth_gain,
+    information_gain,
+    packed_logprobs_with_copies,
+    sample_answers,
+)
 from igpo.local.generation import LockstepBatcher
 from igpo.local.synthetic import ANSWER_TEMPLATE
 from igpo.metrics import turn_reward_metrics, zero_advantage_group_share
@@ -421,6 +428,7 @@ class LocalEngine:
         warm = self.out / "policy_warm"
         if ckpt is not None:
             self.policy, self.tokenizer = load_policy(ckpt / "policy")
+            self.check_answer_template()
             self.ref, _ = load_policy(warm)
             state = torch.load(ckpt / "trainer.pt", weights_only=False)
             self._make_optimizer()
@@ -432,9 +440,11 @@ class LocalEngine:
         else:
             if (warm / "config.json").exists():
                 self.policy, self.tokenizer = load_policy(warm)
+                self.check_answer_template()
                 self.log(f"[igpo-local] reusing the warmed-up policy in {warm}")
             else:
                 self.new_policy()
+                self.check_answer_template()  # before the warm-up spends its time
                 self.warmup()
                 save_policy(self.policy, self.tokenizer, warm)
             self.ref = copy.deepcopy(self.policy)
@@ -452,6 +462,12 @@ class LocalEngine:
         self.policy = build_policy(
             self.tokenizer, self.cfg.hidden_size, self.cfg.layers, self.cfg.heads, seed=self.cfg.seed
         )
+
+    def check_answer_template(self) -> None:
+        """Refuse an ``answer_template`` whose scored tokens would hold template text (see
+        :func:`igpo.info_gain.check_answer_template`), on a sample of the training answers."""
+        answers = sample_answers(q.answer for q in self.train_q)
+        check_answer_template(self.tokenizer, self.cfg.answer_template, answers)
 
     def _make_optimizer(self) -> None:
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.lr, weight_decay=0.0)

@@ -15,6 +15,7 @@ import math
 import sys
 from pathlib import Path
 
+from igpo.info_gain import AnswerTemplateError
 from igpo.local.engine import LocalEngine, MetricsLog, load_config, open_run
 from igpo.rollout_io import rollout_dir, write_rollouts
 from igpo.settings import SettingError
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config if Path(args.config).exists() else None, args.overrides)
         result = run(cfg)  # first checks the experiment folder (open_run)
-    except SettingError as e:  # names the bad key and value, or the run it would mix with; no traceback
+    except (SettingError, AnswerTemplateError) as e:  # names the bad key and value, the run it would mix
+        # with, or the answer template's offending token; no traceback
         for line in str(e).splitlines():
             print(f"igpo.local.train: {line}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ function:
 
 * :func:`ig_request` — driver side: per-row prefix ends (full-sequence coordinates), answer copies
   and score masks from prompt/response lengths and the agent loop's ``extra_fields``;
+  :func:`dataset_answers` — driver side: the scored gold answers of a sample of training rows, for
+  the start-up check of the answer template (:func:`igpo.info_gain.check_answer_template`);
 * :func:`extend_sequences` — engine side: each sequence followed by its copies (exactly the packed
   row :func:`igpo.info_gain.packed_logprobs_with_copies` builds), its position ids and the
   :class:`igpo.info_gain.CopyLayout`; :func:`answer_targets` gives the label of every answer
@@ -28,6 +30,7 @@ function:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 
 from igpo.advantage import ig_to_token_rewards  # the contract's encoder lives with its decoder
+from igpo.answer import as_gold_list
 from igpo.info_gain import CopyLayout, answer_copy, build_copy_layout, information_gain, pack_input_ids
 from igpo.turns import prefix_ends_from_turn_ends
 
@@ -42,6 +46,7 @@ __all__ = [
     "IGRequest",
     "answer_logprobs_from_rows",
     "answer_targets",
+    "dataset_answers",
     "extend_sequences",
     "ig_request",
     "ig_to_token_rewards",
@@ -151,6 +156,28 @@ def ig_request(
         masks.append(m)
         active.append(True)
     return IGRequest(prefix_ends=pes, copy_ids=cids, score_mask=masks, active=active)
+
+
+def dataset_answers(dataset: Any, k: int = 1000, seed: int = 0) -> list[str]:
+    """The scored gold answer (first alias of ``reward_model.ground_truth``) of up to ``k`` rows.
+
+    ``dataset`` is verl's RL dataset (its ``dataframe``) or any sequence of row dicts; more than ``k``
+    rows are sampled with a fixed seed. A row without a ground truth raises ``ValueError`` naming it.
+    """
+    rows = getattr(dataset, "dataframe", dataset)
+    n = len(rows)
+    idx = list(range(n)) if n <= k else sorted(random.Random(seed).sample(range(n), k))
+    answers = []
+    for i in idx:
+        rm = rows[i].get("reward_model") if isinstance(rows[i], Mapping) else None
+        gt = rm.get("ground_truth") if isinstance(rm, Mapping) else None
+        if gt is None:
+            raise ValueError(
+                f"train row {i}: no reward_model.ground_truth (reward_model={rm!r}); "
+                "build the data with scripts/prepare_data.py"
+            )
+        answers.append(as_gold_list(gt)[0])
+    return answers
 
 
 # --------------------------------------------------------------------------------------------------

@@ -43,10 +43,11 @@ from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
+from igpo.info_gain import check_answer_template
 from igpo.verl.engine import IG_FLAG
 from igpo.verl.estimator import igpo_settings
 from igpo.verl.ig_metrics import igpo_step_metrics, rewards_with_ig
-from igpo.verl.ig_recompute import copy_token_counts, ig_request
+from igpo.verl.ig_recompute import copy_token_counts, dataset_answers, ig_request
 
 __all__ = ["IGPOTrainer", "TRAINER_MODE", "ig_input_fields", "install_trainer", "padded", "to_list"]
 
@@ -119,6 +120,15 @@ class IGPOTrainer(PPOTrainerSync):
                 "workers; typical ones: a data row without reward_model.ground_truth, a prompt over "
                 "data.max_prompt_length, the search handler gone (IGPO_HANDLER_URLS)."
             ) from e
+
+    def _init_dataloader(self) -> None:
+        """verl's dataloaders, then the answer-template check (before any worker or rollout starts)."""
+        super()._init_dataloader()
+        if self._ig_on():
+            answers = dataset_answers(self.train_dataset)
+            check_answer_template(
+                self.tokenizer, self.igpo["answer_template"], answers, "algorithm.igpo.answer_template"
+            )
 
     # -- step 4: old log-probs with answer copies ------------------------------------------------
 
