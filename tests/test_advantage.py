@@ -278,7 +278,9 @@ def test_clear_errors():
     idx = np.array(["q", "q"], dtype=object)
     with pytest.raises(ValueError, match="use_kl_in_reward"):
         fn(token_level_rewards=rew, response_mask=mask, index=idx, config={"use_kl_in_reward": True})
-    with pytest.raises(ValueError, match="reward_mode must be one of.*'bogus'"):
+    with pytest.raises(
+        ValueError, match=r"algorithm.igpo.reward_mode='bogus' is not allowed: expected one of 'f1\+ig'"
+    ):
         fn(token_level_rewards=rew, response_mask=mask, index=idx, config={"igpo": {"reward_mode": "bogus"}})
     with pytest.raises(ValueError, match="unknown keys.*normm"):
         fn(token_level_rewards=rew, response_mask=mask, index=idx, config={"igpo": {"normm": "joint"}})
