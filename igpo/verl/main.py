@@ -203,7 +203,15 @@ def make_task_runner():
 
 @hydra.main(config_path=CONFIG_DIR, config_name="igpo_trainer", version_base=None)
 def main(config: DictConfig) -> None:
-    """Validate the config the way verl does, then train."""
+    """Check the settings and the GPUs, then train."""
+    check_config(config)  # already checked by cli(); kept for callers of main() itself
+    check_cluster_ready(config)
+    train(config)
+
+
+def train(config: DictConfig) -> None:
+    """The start-up checks that need no GPU, verl's own config validation, then verl's trainer
+    (shared by the GPU entry point and the CPU test bed, ``igpo.verl.cpu.run``)."""
     from verl.trainer.main_ppo import run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -211,8 +219,6 @@ def main(config: DictConfig) -> None:
     import igpo.verl  # noqa: F401
     from igpo.verl.preflight import check_ready_to_train
 
-    check_config(config)  # already checked by cli(); kept for callers of main() itself
-    check_cluster_ready(config)
     check_ready_to_train(config)  # trainer mode, data rows, handler health: before Ray starts
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
