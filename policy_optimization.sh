@@ -16,6 +16,9 @@ Engines (IGPO_ENGINE=local | verl; default: verl when `nvidia-smi -L` lists a GP
          Overrides are key=value fields of configs/local.yaml; the run lives in
          outputs/igpo-local/EXPERIMENT/ and resumes from its latest checkpoint when started again.
   verl   the paper's Table 4 setting on a GPU node (configs/igpo_trainer.yaml, hydra overrides).
+         Without a GPU: verl's real trainer on the CPU test bed (igpo/verl/cpu, configs/platform/cpu.yaml):
+         the embedded default's task, handler and warmed policy, 2 steps; checkpoints under
+         checkpoints/igpo-verl-cpu/EXPERIMENT. Nothing of it is used on a GPU node.
 
 Options:
   --help     this text
@@ -31,6 +34,7 @@ Examples:
   bash policy_optimization.sh steps=60                          # continue the default run to step 60
   bash policy_optimization.sh reward_mode=f1 resume=false       # replace the run (old one moved aside)
   IGPO_ENGINE=verl bash policy_optimization.sh algorithm.igpo.reward_mode=f1 trainer.experiment_name=grpo
+  IGPO_ENGINE=verl bash policy_optimization.sh trainer.total_training_steps=3   # CPU test bed: resume to step 3
   bash policy_optimization.sh --dry-run algorithm.gamma=0.9
 
 A setting outside its allowed values, or one that differs from the run being resumed, is refused
@@ -80,8 +84,12 @@ print(f"  metrics         {res['metrics']}")
 PYEOF
     ;;
   verl)
-    echo "[igpo] running the verl cluster path (paper's Table 4 setting); overrides: $*"
     ensure_installed
+    if ! igpo_has_gpu; then  # verl's real trainer on the CPU test bed (igpo/verl/cpu): a few steps, tiny policy
+      echo "[igpo] no GPU: running verl's trainer on the CPU test bed (embedded default task, handler and policy); overrides: $*"
+      exec "$PY" -m igpo.verl.cpu.run "$@"
+    fi
+    echo "[igpo] running the verl cluster path (paper's Table 4 setting); overrides: $*"
     "$PY" -m igpo.verl.main --check "$@" || exit 2  # bad settings, no GPU or data: before the handler
     handler_pid=""
     if [[ -z "${HANDLER_URL:-}" ]]; then

@@ -32,7 +32,7 @@ from pathlib import Path
 from igpo.verl.cpu import CPU_ENV
 
 REPO = Path(__file__).resolve().parents[3]
-ASSETS = Path("outputs") / "igpo-verl-cpu" / "assets"
+ASSETS = Path("outputs") / "igpo-verl-cpu" / "assets"  # IGPO_CPU_ASSETS overrides
 #: Logical CPUs each worker bundle asks Ray for (verl's resource pools), plus the driver-side actors.
 CPUS_PER_WORKER, CPUS_EXTRA = 3, 3
 TOKENIZER_FILES = (
@@ -54,16 +54,20 @@ class Assets:
     tokenizer: Path
 
 
-def asset_engine(root: Path = ASSETS, log=print):
-    """The embedded default's local engine whose experiment folder holds the test bed's assets."""
+def assets_root() -> Path:
+    """Where the test bed's assets live (``IGPO_CPU_ASSETS``, default ``outputs/igpo-verl-cpu/assets``)."""
+    return Path(os.environ.get("IGPO_CPU_ASSETS") or ASSETS)
+
+
+def asset_engine(root: Path | None = None, overrides: tuple[str, ...] = (), log=print):
+    """The embedded default's local engine whose experiment folder (``root/policy``) holds the test
+    bed's assets; ``overrides`` are configs/local.yaml fields (e.g. a shorter warm-up in tests)."""
     from igpo.local.engine import LocalEngine, load_config
     from igpo.local.train import DEFAULT_CONFIG
 
-    root = Path(root)
-    cfg = load_config(
-        DEFAULT_CONFIG, [f"out_root={root.parent}", f"project={root.name}", "experiment=policy"]
-    )
-    return LocalEngine(cfg, log=log)
+    root = Path(root or assets_root())
+    fields = [f"out_root={root.parent}", f"project={root.name}", "experiment=policy", *overrides]
+    return LocalEngine(load_config(DEFAULT_CONFIG, fields), log=log)
 
 
 def prepare_assets(engine, log=print) -> Assets:
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             for line in str(e).splitlines():
                 print(f"igpo.verl.cpu.run: {line}", file=sys.stderr)
             return 2
-        if run_dir is not None:
+        if run_dir is not None and not config.trainer.get("val_only", False):
             record_run(config, run_dir)
         train(config)
         metrics = config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH
