@@ -172,3 +172,10 @@ def test_cpu_platform_config_matches_the_embedded_default():
     gpu = compose_config([])  # the GPU config carries none of it
     assert gpu.trainer.device == "cuda" and gpu.actor_rollout_ref.rollout.name == "vllm"
     assert "env_vars" not in gpu.ray_kwargs.ray_init.runtime_env
+
+
+def test_export_refuses_a_folder_without_a_checkpoint(tmp_path):
+    from igpo.verl.export import main
+
+    assert main([str(tmp_path), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """verl's real trainer end to end on the CPU test bed (igpo/verl/cpu): 2 workers with Ulysses SP 2,
 FSDP2, the hf rollout, the igpo_search agent loop against a real handler on the synthetic task's
 corpus, the warmed tiny policy; 2 IGPO steps, validation with its dump, a checkpoint; then a resume to
-step 3; then evaluate.sh's verl path scores the dump. Everything asserted comes from the trainer's own
+step 3; then evaluate.sh's verl path scores the dump and the checkpoint is exported to a Hugging Face
+folder that transformers loads and generates with. Everything asserted comes from the trainer's own
 metrics (verl's file logger) and files, and from the handler's counters. About 4-5 minutes on 2 cores.
 """
 
@@ -103,6 +104,36 @@ def test_real_verl_trainer_trains_validates_checkpoints_resumes_and_evaluates(be
     assert (run_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     dump = run_dir / "validation" / "3.jsonl"
     assert dump.is_file()
+
+    # trained weights out: verl's merger through our export command, loaded and run with transformers
+    import torch
+
+    from igpo.local.tiny_policy import load_policy
+
+    hf = work / "exported"
+    r = subprocess.run(
+        [sys.executable, "-m", "igpo.verl.export", str(run_dir / "global_step_3"), str(hf)]
+        + ["--tokenizer", str(assets.tokenizer)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, tok = load_policy(hf)
+    warm, _ = load_policy(assets.model)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, warm.state_dict()[k])]
+    assert changed  # three IGPO steps moved the weights away from the warmed policy
+    prompt = tok.apply_chat_template(
+        [
+            {"role": "system", "content": "answer the question. search first."},
+            {"role": "user", "content": "where was this person born? pabol deral"},
+        ],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    ids = tok(prompt, return_tensors="pt").input_ids
+    text = tok.decode(model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1] :])
+    assert text.startswith("<think>"), text  # the agent's turn format, as trained
 
     name = f"cpu-bed-test-{os.getpid()}"  # evaluate.sh writes outputs/igpo/NAME in the repository
     env = {
