@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the source tree
+
 FIELDS = (
     "seq_len",
     "turns",
@@ -55,27 +57,87 @@ FIELDS = (
 METHODS = ("plain", "vectorized", "naive")
 
 
-def model_config(device: str, layers: int) -> dict:
-    if device == "cuda":
-        return dict(
-            vocab_size=152064,
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=layers,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            max_position_embeddings=65536,
-            rope_theta=1_000_000.0,
-        )
-    return dict(
-        vocab_size=2048,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=layers,
+#: Model shapes (Qwen2 architecture, random weights), shared with ``scripts/gpu_check.py``.
+SHAPES: dict[str, dict] = {
+    # Qwen2.5-7B's dimensions (the paper's policy); ``layers`` of its 28.
+    "qwen2.5-7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        rope_theta=1_000_000.0,
+    ),
+    # The CPU benchmark's small model.
+    "cpu-small": dict(
+        vocab_size=2048, hidden_size=256, intermediate_size=704, num_attention_heads=4, num_key_value_heads=2
+    ),
+    # Seconds-sized shapes for CI (GQA kept: 4 heads over 2 KV heads). Weights drawn wider than the
+    # default 0.02 so that, as with 7B dims, logits spread by about one nat: prefixes then matter.
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=65536,
-    )
+        initializer_range=0.15,
+    ),
+}
+
+
+def model_config(shape: str, layers: int) -> dict:
+    """Keyword arguments of ``Qwen2Config`` for one of :data:`SHAPES` with ``layers`` layers."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {sorted(SHAPES)}, got {shape!r}")
+    return dict(SHAPES[shape], num_hidden_layers=layers, max_position_embeddings=65536)
+
+
+def shape_for(device: str) -> str:
+    """This benchmark's model shape on ``device``: 7B-shaped on CUDA, small on CPU."""
+    return "qwen2.5-7b" if device == "cuda" else "cpu-small"
+
+
+def build_model(shape: str, layers: int, device, dtype, seed: int = 0):
+    """A random-weight Qwen2 causal LM of ``shape`` on ``device`` in eval mode, sdpa attention."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(**model_config(shape, layers))
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype).eval()
+
+
+def make_case(vocab_size: int, s: int, turns: int, answer_len: int, device, seed: int = 0) -> dict:
+    """One trajectory of ``s`` random tokens, prefix ends ``p_t = round(s(t+1)/(T+1))``, and a copy of
+    ``answer_len`` tokens whose positions ``[g-6, g-1)`` are scored (wrapper before, ``</answer>`` after)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab_size, (s,), generator=gen).to(device)
+    pes = [round(s * (t + 1) / (turns + 1)) for t in range(turns)]
+    copy = torch.randint(0, vocab_size, (answer_len,), generator=gen).to(device)
+    mask = torch.zeros(answer_len, dtype=torch.bool, device=device)
+    mask[max(0, answer_len - 6) : answer_len - 1] = True
+    return {"x": x, "prefix_ends": pes, "copy": copy, "mask": mask}
+
+
+def run_method(model, case: dict, method: str):
+    """One run of ``method`` on ``case``: ``plain`` (forward + token log-probs), ``vectorized`` (one
+    forward with the copies appended) or ``naive`` (a forward per prefix). Returns its log-probs."""
+    from igpo.info_gain import answer_logprobs, packed_logprobs_with_copies, token_logprobs
+
+    x = case["x"]
+    if method == "plain":
+        out = model(input_ids=x[None], use_cache=False)
+        return token_logprobs(out.logits[0, :-1], x[1:])
+    if method == "vectorized":
+        return packed_logprobs_with_copies(
+            model, [x], [case["prefix_ends"]], [case["copy"]], [case["mask"]], method="vectorized"
+        )
+    if method == "naive":
+        return answer_logprobs(model, x, case["prefix_ends"], case["copy"], case["mask"], method="naive")
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,36 +167,17 @@ def worker(spec: dict) -> dict:
     ``"time"``: all methods interleaved (warm-up, then ``repeats`` rounds), minimum time per method;
     interleaving keeps the comparison fair when other processes share the CPU."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from igpo.info_gain import answer_logprobs, packed_logprobs_with_copies, token_logprobs
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**model_config(dev.type, spec["layers"]))
-    with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype).eval()
-    s, T, g = spec["seq_len"], spec["turns"], spec["answer_len"]
-    x = torch.randint(0, cfg.vocab_size, (s,), device=dev)
-    pes = [round(s * (t + 1) / (T + 1)) for t in range(T)]
-    copy = torch.randint(0, cfg.vocab_size, (g,), device=dev)
-    mask = torch.zeros(g, dtype=torch.bool, device=dev)
-    mask[max(0, g - 6) : g - 1] = True
+    shape = shape_for(dev.type)
+    model = build_model(shape, spec["layers"], dev, dtype)
+    case = make_case(SHAPES[shape]["vocab_size"], spec["seq_len"], spec["turns"], spec["answer_len"], dev)
 
     def run(m: str) -> None:
-        if m == "plain":
-            out = model(input_ids=x[None], use_cache=False)
-            token_logprobs(out.logits[0, :-1], x[1:])
-        elif m == "vectorized":
-            packed_logprobs_with_copies(model, [x], [pes], [copy], [mask], method="vectorized")
-        elif m == "naive":
-            answer_logprobs(model, x, pes, copy, mask, method="naive")
-        else:
-            raise ValueError(f"unknown method {m!r}")
+        run_method(model, case, m)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -278,7 +321,7 @@ def main() -> None:
         "threads": args.threads or torch.get_num_threads(),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "model": {
-            **model_config(args.device, args.layers),
+            **model_config(shape_for(args.device), args.layers),
             "dtype": "bfloat16" if args.device == "cuda" else "float32",
         },
         "repeats": repeats,

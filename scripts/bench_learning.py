@@ -155,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_learning] seed {seed} mode {mode} ...", file=sys.stderr, flush=True)
             run(cfg, log=lambda *a: print(*a, file=sys.stderr, flush=True))
             rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
-            train = [r for r in rows if "reward/f1_mean" in r]
+            train = [r for r in rows if "igpo/outcome_f1_mean" in r]
             own = "igpo/zero_adv_group_share_grpo" if mode == "f1" else "igpo/zero_adv_group_share_igpo"
             results[mode][seed] = {
-                "train_f1": [r["reward/f1_mean"] for r in train],
+                "train_f1": [r["igpo/outcome_f1_mean"] for r in train],
                 "zero_adv_share": [r[own] for r in train],
                 "zero_adv_share_outcome_only": [r["igpo/zero_adv_group_share_grpo"] for r in train],
                 "test_f1": {r["step"]: r["eval/f1"] for r in rows if "eval/f1" in r},

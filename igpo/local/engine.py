@@ -34,14 +34,12 @@ from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, ou
 from igpo.info_gain import (
     answer_copy,
     check_answer_template,
-    ground_truth_gain,
     information_gain,
     packed_logprobs_with_copies,
     sample_answers,
 )
 from igpo.local.generation import LockstepBatcher
 from igpo.local.synthetic import ANSWER_TEMPLATE
-from igpo.metrics import turn_reward_metrics, zero_advantage_group_share
 from igpo.rollout import Episode, call_handler_tool, run_episode
 from igpo.settings import SettingError, check_settings
 from igpo.turns import prefix_ends_from_turn_ends
@@ -676,7 +674,6 @@ class LocalEngine:
         adv, _ = compute_igpo_advantage(
             rewards, mask, uids, gamma=cfg.gamma, reward_mode=cfg.reward_mode, norm=cfg.norm
         )
-        grpo_adv, _ = compute_igpo_advantage(rewards, mask, uids, reward_mode="f1")
         with torch.no_grad():
             ref_lp = torch.cat(
                 [
@@ -690,26 +687,42 @@ class LocalEngine:
                     for s in range(0, len(episodes), cfg.micro_batch)
                 ]
             )
-        m = {
-            "reward/outcome_mean": float(np.mean(outcomes)),
-            "reward/f1_mean": float(np.mean(f1s)),
-            "reward/format_fail_rate": float(
-                np.mean([not check_format(ep.response_text)[0] for ep in episodes])
-            ),
-            "igpo/zero_adv_group_share_grpo": zero_advantage_group_share(grpo_adv, mask, uids),
-            "igpo/zero_adv_group_share_igpo": zero_advantage_group_share(adv, mask, uids),
-            "igpo/gt_logprob_gain": ground_truth_gain(answer_lp),
-            "rollout/turns_mean": float(np.mean([ep.num_turns for ep in episodes])),
-            "rollout/tool_calls_mean": float(np.mean([ep.num_tool_calls for ep in episodes])),
-            "rollout/tool_error_rate": float(
-                sum(ep.tool_errors for ep in episodes) / max(1, sum(ep.num_tool_calls for ep in episodes))
-            ),
-            "rollout/truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
-            "tokens/update": float(mask.sum()),
-            "time/rollout_s": t_roll - t0,
-            "time/recompute_ig_s": t_ig - t_roll,
-            **turn_reward_metrics(rewards, mask),
-        }
+        # the verl trainer's igpo/* metrics, computed by the same function (igpo.verl.ig_metrics)
+        from igpo.verl.ig_metrics import igpo_step_metrics
+        from igpo.verl.ig_recompute import copy_token_counts
+
+        copies = [answer_copy(self.tokenizer, g, cfg.answer_template)[1] for g in golds]
+        prefix = [
+            prefix_ends_from_turn_ends(len(ep.prompt_ids), ep.tool_turn_ends, len(ep.response_ids))
+            for ep in episodes
+        ]
+        extra = [
+            {
+                "reward_extra_info": {"f1": f1, "format_ok": float(check_format(ep.response_text)[0])},
+                "turns": ep.num_turns,
+                "tool_calls": ep.num_tool_calls,
+                "tool_errors": ep.tool_errors,
+            }
+            for ep, f1 in zip(episodes, f1s, strict=True)
+        ]
+        m = igpo_step_metrics(
+            rewards,
+            mask,
+            uids,
+            adv,
+            extra,
+            answer_lp=answer_lp,
+            seq_lens=[len(ep.prompt_ids) + len(ep.response_ids) for ep in episodes],
+            copy_tokens=sum(copy_token_counts(prefix, copies)),
+        )
+        m.update(
+            {
+                "rollout/truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
+                "tokens/update": float(mask.sum()),
+                "time/rollout_s": t_roll - t0,
+                "time/recompute_ig_s": t_ig - t_roll,
+            }
+        )
         return Batch(episodes, uids, rewards, mask, adv, old_lp, ref_lp, answer_lp, m)
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -31,13 +31,13 @@ def plot_curve(metrics_path: Path, out_png: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "reward/f1_mean" in r]
+    train = [r for r in rows if "igpo/outcome_f1_mean" in r]
     evals = [r for r in rows if "eval/f1" in r]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
     if train:
         a1.plot(
             [r["step"] for r in train],
-            [r["reward/f1_mean"] for r in train],
+            [r["igpo/outcome_f1_mean"] for r in train],
             label="train F1 (sampled)",
             alpha=0.7,
         )
@@ -105,8 +105,8 @@ def run(cfg, log=print) -> dict:
                 m.update(ev)
             sink.write(engine.step, m)
             bar.set_postfix(
-                f1=f"{m['reward/f1_mean']:.2f}",
-                reward=f"{m['reward/outcome_mean']:.2f}",
+                f1=f"{m['igpo/outcome_f1_mean']:.2f}",
+                reward=f"{m['igpo/outcome_mean']:.2f}",
                 zero_adv=f"{m['igpo/zero_adv_group_share_igpo']:.2f}",
                 test_f1=f"{m['eval/f1']:.2f}" if "eval/f1" in m else "-",
             )

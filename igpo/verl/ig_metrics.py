@@ -17,7 +17,7 @@ from igpo.info_gain import ground_truth_gain
 from igpo.metrics import advantage_collapse_metrics, turn_reward_metrics
 from igpo.verl.ig_recompute import ig_to_token_rewards, information_gains
 
-__all__ = ["igpo_step_metrics", "rewards_with_ig"]
+__all__ = ["ig_time_share", "igpo_step_metrics", "rewards_with_ig"]
 
 
 def rewards_with_ig(
@@ -122,3 +122,12 @@ def igpo_step_metrics(
             out[f"time/igpo_ig_{k}_s"] = float(v)
         out["time/igpo_ig_s"] = float(sum(timings.values()))
     return out
+
+
+def ig_time_share(metrics: Mapping[str, float], step_s: float) -> dict[str, float]:
+    """``igpo/ig_time_share``: the step's IG work (``time/igpo_ig_s``) over the wall time of the step's
+    pipeline (rollout to update, ``step_s``); empty when the step computed no IG."""
+    ig = metrics.get("time/igpo_ig_s")
+    if ig is None or not step_s > 0:
+        return {}
+    return {"igpo/ig_time_share": float(ig) / float(step_s)}

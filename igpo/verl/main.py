@@ -15,6 +15,7 @@ checked: IGPO's settings (:func:`check_config`, the rules of :mod:`igpo.settings
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,7 @@ def check_cluster_ready(config: DictConfig) -> None:
 def check_config(config: DictConfig) -> dict[str, Any]:
     """Check IGPO's settings in the composed config; raise :class:`SettingError`, one line per bad key."""
     from igpo.verl.estimator import igpo_settings
+    from igpo.verl.tracking import check_loggers
 
     problems = []
     settings: dict[str, Any] = {}
@@ -114,6 +116,10 @@ def check_config(config: DictConfig) -> dict[str, Any]:
     values = {k: OmegaConf.select(config, path) for k, path in VERL_SETTING_KEYS.items()}
     try:
         check_settings(values, VERL_SETTING_KEYS, optional={"steps", "max_turns"})
+    except SettingError as e:
+        problems.append(str(e))
+    try:
+        check_loggers(OmegaConf.to_container(config.trainer.logger, resolve=True))
     except SettingError as e:
         problems.append(str(e))
     if problems:
@@ -240,8 +246,16 @@ def cli(argv: Sequence[str]) -> int:
         sys.argv = [sys.argv[0], *argv]
         main()
         return 0
+    from igpo.verl.tracking import wandb_logger_override
+
     try:
         config = compose_config(argv)
+        wandb, note = wandb_logger_override(list(config.trainer.logger), argv, os.environ)
+        if note:
+            print(f"igpo.verl.main: {note}", file=sys.stderr)
+        if wandb:  # WANDB_API_KEY set and wandb installed: log there too (hydra's job gets it as well)
+            argv = [*argv, wandb]
+            config = compose_config(argv)
     except Exception as e:  # hydra's override grammar or an unknown config key: one line, no traceback
         print(f"igpo.verl.main: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from igpo.info_gain import check_answer_template
 from igpo.verl.engine import IG_FLAG
 from igpo.verl.estimator import igpo_settings
-from igpo.verl.ig_metrics import igpo_step_metrics, rewards_with_ig
+from igpo.verl.ig_metrics import ig_time_share, igpo_step_metrics, rewards_with_ig
 from igpo.verl.ig_recompute import copy_token_counts, dataset_answers, ig_request
 
 __all__ = ["IGPOTrainer", "TRAINER_MODE", "ig_input_fields", "install_trainer", "padded", "to_list"]
@@ -108,9 +108,13 @@ class IGPOTrainer(PPOTrainerSync):
             )
 
     def _step_once(self, metrics: dict, timing_raw: dict, sample_batch_size: int) -> KVBatchMeta:
-        """verl's step; a batch in which every rollout failed stops the job with what to look at."""
+        """verl's step (+ ``igpo/ig_time_share``); a batch in which every rollout failed stops the job
+        with what to look at."""
+        t0 = time.perf_counter()
         try:
-            return super()._step_once(metrics, timing_raw, sample_batch_size)
+            batch = super()._step_once(metrics, timing_raw, sample_batch_size)
+            metrics.update(ig_time_share(metrics, time.perf_counter() - t0))
+            return batch
         except RuntimeError as e:
             if "no materializable trajectories" not in str(e):
                 raise

@@ -135,7 +135,7 @@ def test_learning_curve_second_panel_says_its_lines_share_the_batches(tmp_path, 
     from igpo.local.train import plot_curve
 
     rows = [
-        {"step": 1, "reward/f1_mean": 0.5, "igpo/zero_adv_group_share_grpo": 0.5},
+        {"step": 1, "igpo/outcome_f1_mean": 0.5, "igpo/zero_adv_group_share_grpo": 0.5},
         {"step": 1, "igpo/zero_adv_group_share_igpo": 0.1, "eval/f1": 0.4},
     ]
     rows[0]["igpo/zero_adv_group_share_igpo"] = 0.1

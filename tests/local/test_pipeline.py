@@ -166,3 +166,14 @@ def test_evaluation_scores_each_question_depth(engine):
         assert m[f"eval/f1_hops{h}"] == pytest.approx(sum(mine) / len(mine))
     weighted = sum(m[f"eval/f1_hops{h}"] * sum(r["hops"] == h for r in records) for h in hops) / len(records)
     assert m["eval/f1"] == pytest.approx(weighted)
+
+
+def test_local_engine_writes_the_verl_paths_igpo_metric_names(first_batch):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    shared = set(re.findall(r"^\| `(igpo/[^`]+)` \| (?!\*verl\*)", doc, re.M))
+    assert len(shared) >= 15 and "igpo/copy_token_share" in shared
+    assert shared <= set(first_batch.metrics), shared - set(first_batch.metrics)
+    assert 0 < first_batch.metrics["igpo/copy_token_share"] < 1
