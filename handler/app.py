@@ -100,6 +100,11 @@ class Metrics:
         self.cache_misses = Counter(
             "handler_cache_misses_total", "Cache misses", ["backend"], registry=self.registry
         )
+        self.clipped = Counter(
+            "handler_queries_clipped_total",
+            "/retrieve queries searched on their first limits.max_query_tokens words / max_query_chars chars",
+            registry=self.registry,
+        )
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -132,6 +137,18 @@ def _describe(errs: Any) -> str:
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def clip_query(q: str, max_tokens: int, max_chars: int) -> str:
+    """The part of a /retrieve query that is searched: its first ``max_chars`` characters, then its first
+    ``max_tokens`` whitespace-separated words. Returns ``q`` itself (same object) when nothing is cut."""
+    if len(q) > max_chars:
+        q = q[:max_chars]
+    if len(q) >= 2 * max_tokens:  # shorter strings cannot hold more than max_tokens words
+        words = q.split()
+        if len(words) > max_tokens:
+            return " ".join(words[:max_tokens])
+    return q
 
 
 async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
@@ -335,33 +352,45 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     async def retrieve(request: Request) -> Response:
         """Search-R1 ``/retrieve``: ranked passages per query, in order."""
         req = await parse_body(request, RetrieveRequest, cfg.limits.max_body_bytes)
-        lim = cfg.limits
         if req.queries is not None and req.query is not None:
             raise BadInput("give either field 'queries' (a list) or field 'query' (a string), not both")
         if req.queries is None and req.query is None:
             raise BadInput("field 'queries' is required (a list of strings; or 'query' with one string)")
-        field = "queries" if req.queries is not None else "query"
+        lim = cfg.limits
         queries = req.queries if req.queries is not None else [req.query or ""]
-        check_queries(queries, field, lim.max_queries, indexed=req.queries is not None)
         given = [(n, v) for n, v in (("topk", req.topk), ("top_k", req.top_k), ("k", req.k)) if v is not None]
         if len({v for _, v in given}) > 1:
             raise BadInput(f"fields {', '.join(n for n, _ in given)} disagree: give one of them")
         name, topk = given[0] if given else ("topk", lim.default_topk)
         if not 1 <= topk <= lim.max_topk:
             raise BadInput(f"field '{name}' is {topk}; it must be between 1 and {lim.max_topk}")
+        if len(queries) > lim.max_queries:
+            raise BadInput(
+                f"field 'queries' has {len(queries)} queries; at most {lim.max_queries} per request"
+            )
         if st.retriever is None:
             raise Unavailable("no local retrieval backend is configured (backend: none)")
+        if not queries:  # a turn in which no rollout searched (Search-R1 sends it anyway)
+            return Response('{"result":[]}', media_type="application/json")
 
+        # Per-query problems never fail the batch: a blank query has no hits, a long one is clipped.
+        texts_in = [clip_query(q, lim.max_query_tokens, lim.max_query_chars) for q in queries]
+        clipped = sum(1 for q, t in zip(queries, texts_in, strict=True) if t is not q)
+        if clipped:
+            metrics.clipped.inc(clipped)
         backend = cfg.backend
         tag = getattr(st.retriever, "cache_tag", backend)
-        keys = [cache_key(tag, q, topk) for q in queries]
-        found = cache_get(keys)
+        # "" stands for a blank query (real keys always hold a separator character)
+        keys = [cache_key(tag, t, topk) if t.strip() else "" for t in texts_in]
+        asked = [k for k in keys if k]
+        found = cache_get(asked)
         missing: dict[str, str] = {}
-        for q, key in zip(queries, keys, strict=True):
-            if key not in found and key not in missing:
-                missing[key] = q
-        metrics.cache_hits.labels(backend).inc(len(queries) - sum(1 for k in keys if k not in found))
-        metrics.cache_misses.labels(backend).inc(sum(1 for k in keys if k not in found))
+        for t, key in zip(texts_in, keys, strict=True):
+            if key and key not in found and key not in missing:
+                missing[key] = t
+        n_miss = sum(1 for k in asked if k not in found)
+        metrics.cache_hits.labels(backend).inc(len(asked) - n_miss)
+        metrics.cache_misses.labels(backend).inc(n_miss)
         if missing:
             miss_keys = list(missing)
             texts = [normalize_query(missing[k]) for k in miss_keys]
@@ -376,6 +405,8 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
                 }
             found.update(fresh)
             await asyncio.get_running_loop().run_in_executor(st.executor, cache_put, fresh)
+        if len(asked) < len(keys):
+            found[""] = "[]"
         metrics.queries.labels("/retrieve").inc(len(queries))
         if req.return_scores:
             body = '{"result":[' + ",".join(found[k] for k in keys) + "]}"
