@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,10 @@ def _describe(errs: Any) -> str:
         if e.get("type") == "missing":
             parts.append(f"field '{field}' is required")
         else:
-            got = json.dumps(e.get("input"), default=str)
+            try:
+                got = json.dumps(e.get("input"), default=str)
+            except (ValueError, RecursionError):  # a structure nested too deeply to print
+                got = f"a {type(e.get('input')).__name__}"
             got = got if len(got) <= 80 else got[:77] + "..."
             parts.append(f"field '{field}': {e.get('msg')} (got {got})")
     return "; ".join(parts)
@@ -166,14 +170,53 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
         raise HandlerError("empty request body: send a JSON object", status=400, kind="bad_json")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HandlerError(f"malformed JSON body: {e}", status=400, kind="bad_json") from None
+    except RecursionError:
+        raise HandlerError("malformed JSON body: nested too deeply", status=400, kind="bad_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer past the digit limit
+        raise HandlerError(f"malformed JSON body: {str(e)[:200]}", status=400, kind="bad_json") from None
     if not isinstance(data, dict):
         raise BadInput(f"the body must be a JSON object, got {type(data).__name__}")
+    if b"\\u" in raw:  # only a JSON \\u escape can put a lone surrogate into the parsed text
+        data = _clean_strings(data)
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise BadInput(_describe(e.errors())) from None
+    except RecursionError:
+        raise HandlerError("malformed JSON body: nested too deeply", status=400, kind="bad_json") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_strings(data: Any) -> Any:
+    """Replace lone surrogates (valid JSON escapes, but not encodable as UTF-8: they would fail the
+    answer, the cache and upstream requests) with U+FFFD in every string of a parsed body, in place."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return _SURROGATE.sub("\ufffd", v)
+        return v
+
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in list(items):
+            if isinstance(v, dict | list):
+                stack.append(v)
+            else:
+                node[k] = fix(v)
+        if isinstance(node, dict):
+            for k in [k for k in node if isinstance(k, str) and fix(k) is not k]:
+                node[fix(k)] = node.pop(k)
+    return data
+
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _error(status: int, kind: str, detail: str) -> JSONResponse:
@@ -209,9 +252,15 @@ class _Observe:
             await send(message)
 
         length = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and not _DIGITS.fullmatch(length):
+            await _error(400, "bad_request", f"header Content-Length: {length[:40]!r} is not a number")(
+                scope, receive, observed_send
+            )
+        elif length is not None and (len(length) > 18 or int(length) > self.limit):
             await _error(
-                413, "too_large", f"request body of {length} bytes exceeds the limit of {self.limit} bytes"
+                413,
+                "too_large",
+                f"request body of {length[:40]} bytes exceeds the limit of {self.limit} bytes",
             )(scope, receive, observed_send)
         else:
             try:

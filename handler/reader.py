@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import idna
 
 from handler.config import ReaderConfig, secret
 from handler.errors import BackendFailure, BackendTimeout, BadInput, Forbidden
@@ -75,12 +76,20 @@ class UrlGuard:
             raise BadInput(f"field '{field}': {url!r:.120} is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https"):
             raise BadInput(f"field '{field}': {url!r:.120} is not an http(s) URL")
+        bad = next((c for c in url if ord(c) < 32 or ord(c) == 127), None)
+        if bad is not None:
+            raise BadInput(f"field '{field}': {url!r:.120} contains a control character ({bad!r})")
         if not host:
             raise BadInput(f"field '{field}': {url!r:.120} has no host")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise BadInput(f"field '{field}': {url!r:.120} has an invalid port") from None
+        if not _is_ip(host):
+            try:  # IDNA 2008 as the HTTP client encodes it; empty labels, labels over 63 characters
+                host.encode("idna") if host.isascii() else idna.encode(host)
+            except (UnicodeError, idna.IDNAError) as e:
+                raise BadInput(f"field '{field}': {url!r:.120} has an invalid host name ({e})") from None
         if host in self.allow_hosts:
             return
         if host in METADATA_HOSTS:
@@ -99,6 +108,14 @@ class UrlGuard:
             why = _ip_class(ip)
             if why and not self._allowed_ip(ip):
                 raise Forbidden(f"field '{field}': {url!r:.120} resolves to {why} address {ip}; refused")
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
 
 
 def _is_network(s: str) -> bool:
@@ -199,7 +216,7 @@ class Reader:
                     raw = bytes(buf).decode(resp.encoding or "utf-8", errors="replace")
             except httpx.TimeoutException:
                 raise TimeoutError(f"no answer within {self.cfg.timeout_s:g}s") from None
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
                 raise ValueError(f"{type(e).__name__}: {e}"[:200]) from None
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)

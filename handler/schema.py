@@ -30,7 +30,10 @@ class ErrorBody(BaseModel):
 
 #: Each error status a POST route can answer, with the kind it carries and when.
 ERRORS: dict[int, tuple[str, str]] = {
-    400: ("bad_json", "The body is empty or not valid JSON"),
+    400: (
+        "bad_json",
+        "The body is empty, not valid JSON or nested too deeply (or Content-Length is not a number)",
+    ),
     403: ("forbidden", "A URL points at a loopback, private, link-local or metadata address"),
     413: ("too_large", "The body is over limits.max_body_bytes"),
     422: ("bad_input", "A field is missing, of the wrong type or out of bounds (the detail names it)"),
