@@ -318,6 +318,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         st.reader = Reader(cfg.reader, st.http)
         log.info("handler ready: backend=%s docs=%s", cfg.backend, len(retriever) if retriever else 0)
         yield
+        await st.reader.aclose()
         await st.http.aclose()
         st.executor.shutdown(wait=False, cancel_futures=True)
 
