@@ -30,6 +30,7 @@ from handler.cache import Cache, cache_key, normalize_query
 from handler.config import HandlerConfig, load_config
 from handler.errors import BackendFailure, BackendTimeout, BadInput, HandlerError, Unavailable
 from handler.reader import Reader
+from handler.redact import install_log_redaction, redact, watch_config
 from handler.schema import (
     BrowseResponse,
     HealthResponse,
@@ -306,6 +307,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     """Build the app. ``retriever`` is a loaded backend (or None for web-only service)."""
     metrics = Metrics()
     st = State(cfg, retriever, metrics)
+    watch_config(cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -332,7 +334,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
 
     @app.exception_handler(HandlerError)
     async def _on_handler_error(request: Request, exc: HandlerError) -> JSONResponse:
-        return _error(exc.status, exc.kind, exc.message)
+        return _error(exc.status, exc.kind, redact(exc.message))
 
     app.add_middleware(_Observe, cfg=cfg, metrics=metrics)
 
@@ -545,8 +547,8 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             )
         metrics.queries.labels("/tools/browse_webpage").inc(len(pages))
         return {
-            "result": "\n\n".join(p.render() for p in pages),
-            "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": p.error} for p in pages],
+            "result": "\n\n".join(p.render() if p.ok else redact(p.render()) for p in pages),
+            "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": redact(p.error)} for p in pages],
         }
 
     @app.get("/health", response_model=None, responses={200: {"model": HealthResponse, "description": "Up"}})
@@ -584,6 +586,7 @@ def app_from_env() -> FastAPI:
     raw = os.environ.get("HANDLER_CONFIG_JSON")
     cfg = load_config(None, _flatten(json.loads(raw))) if raw else load_config()
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     return create_app(cfg, load_retriever(cfg))
 
 
