@@ -47,6 +47,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
     )
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from handler.redact import install_log_redaction, watch_config
+
+    watch_config(cfg)
+    install_log_redaction()
     cfg = prepare_index(cfg, show_progress=sys.stderr.isatty())
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("handler").warning(

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from handler.cache import Cache, cache_key, normalize_query
 from handler.config import HandlerConfig, load_config
 from handler.errors import BackendFailure, BackendTimeout, BadInput, HandlerError, Unavailable
 from handler.reader import Reader
+from handler.redact import install_log_redaction, redact, watch_config
 from handler.schema import (
     BrowseResponse,
     HealthResponse,
@@ -100,6 +102,11 @@ class Metrics:
         self.cache_misses = Counter(
             "handler_cache_misses_total", "Cache misses", ["backend"], registry=self.registry
         )
+        self.clipped = Counter(
+            "handler_queries_clipped_total",
+            "/retrieve queries searched on their first limits.max_query_tokens words / max_query_chars chars",
+            registry=self.registry,
+        )
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -125,13 +132,28 @@ def _describe(errs: Any) -> str:
         if e.get("type") == "missing":
             parts.append(f"field '{field}' is required")
         else:
-            got = json.dumps(e.get("input"), default=str)
+            try:
+                got = json.dumps(e.get("input"), default=str)
+            except (ValueError, RecursionError):  # a structure nested too deeply to print
+                got = f"a {type(e.get('input')).__name__}"
             got = got if len(got) <= 80 else got[:77] + "..."
             parts.append(f"field '{field}': {e.get('msg')} (got {got})")
     return "; ".join(parts)
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def clip_query(q: str, max_tokens: int, max_chars: int) -> str:
+    """The part of a /retrieve query that is searched: its first ``max_chars`` characters, then its first
+    ``max_tokens`` whitespace-separated words. Returns ``q`` itself (same object) when nothing is cut."""
+    if len(q) > max_chars:
+        q = q[:max_chars]
+    if len(q) >= 2 * max_tokens:  # shorter strings cannot hold more than max_tokens words
+        words = q.split()
+        if len(words) > max_tokens:
+            return " ".join(words[:max_tokens])
+    return q
 
 
 async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
@@ -149,14 +171,53 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
         raise HandlerError("empty request body: send a JSON object", status=400, kind="bad_json")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HandlerError(f"malformed JSON body: {e}", status=400, kind="bad_json") from None
+    except RecursionError:
+        raise HandlerError("malformed JSON body: nested too deeply", status=400, kind="bad_json") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer past the digit limit
+        raise HandlerError(f"malformed JSON body: {str(e)[:200]}", status=400, kind="bad_json") from None
     if not isinstance(data, dict):
         raise BadInput(f"the body must be a JSON object, got {type(data).__name__}")
+    if b"\\u" in raw:  # only a JSON \\u escape can put a lone surrogate into the parsed text
+        data = _clean_strings(data)
     try:
         return model.model_validate(data)
     except ValidationError as e:
         raise BadInput(_describe(e.errors())) from None
+    except RecursionError:
+        raise HandlerError("malformed JSON body: nested too deeply", status=400, kind="bad_json") from None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_strings(data: Any) -> Any:
+    """Replace lone surrogates (valid JSON escapes, but not encodable as UTF-8: they would fail the
+    answer, the cache and upstream requests) with U+FFFD in every string of a parsed body, in place."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return _SURROGATE.sub("\ufffd", v)
+        return v
+
+    stack: list[Any] = [data]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in list(items):
+            if isinstance(v, dict | list):
+                stack.append(v)
+            else:
+                node[k] = fix(v)
+        if isinstance(node, dict):
+            for k in [k for k in node if isinstance(k, str) and fix(k) is not k]:
+                node[fix(k)] = node.pop(k)
+    return data
+
+
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def _error(status: int, kind: str, detail: str) -> JSONResponse:
@@ -192,9 +253,15 @@ class _Observe:
             await send(message)
 
         length = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-length"), None)
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
+        if length is not None and not _DIGITS.fullmatch(length):
+            await _error(400, "bad_request", f"header Content-Length: {length[:40]!r} is not a number")(
+                scope, receive, observed_send
+            )
+        elif length is not None and (len(length) > 18 or int(length) > self.limit):
             await _error(
-                413, "too_large", f"request body of {length} bytes exceeds the limit of {self.limit} bytes"
+                413,
+                "too_large",
+                f"request body of {length[:40]} bytes exceeds the limit of {self.limit} bytes",
             )(scope, receive, observed_send)
         else:
             try:
@@ -240,6 +307,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     """Build the app. ``retriever`` is a loaded backend (or None for web-only service)."""
     metrics = Metrics()
     st = State(cfg, retriever, metrics)
+    watch_config(cfg)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -252,6 +320,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         st.reader = Reader(cfg.reader, st.http)
         log.info("handler ready: backend=%s docs=%s", cfg.backend, len(retriever) if retriever else 0)
         yield
+        await st.reader.aclose()
         await st.http.aclose()
         st.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -265,7 +334,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
 
     @app.exception_handler(HandlerError)
     async def _on_handler_error(request: Request, exc: HandlerError) -> JSONResponse:
-        return _error(exc.status, exc.kind, exc.message)
+        return _error(exc.status, exc.kind, redact(exc.message))
 
     app.add_middleware(_Observe, cfg=cfg, metrics=metrics)
 
@@ -335,33 +404,45 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     async def retrieve(request: Request) -> Response:
         """Search-R1 ``/retrieve``: ranked passages per query, in order."""
         req = await parse_body(request, RetrieveRequest, cfg.limits.max_body_bytes)
-        lim = cfg.limits
         if req.queries is not None and req.query is not None:
             raise BadInput("give either field 'queries' (a list) or field 'query' (a string), not both")
         if req.queries is None and req.query is None:
             raise BadInput("field 'queries' is required (a list of strings; or 'query' with one string)")
-        field = "queries" if req.queries is not None else "query"
+        lim = cfg.limits
         queries = req.queries if req.queries is not None else [req.query or ""]
-        check_queries(queries, field, lim.max_queries, indexed=req.queries is not None)
         given = [(n, v) for n, v in (("topk", req.topk), ("top_k", req.top_k), ("k", req.k)) if v is not None]
         if len({v for _, v in given}) > 1:
             raise BadInput(f"fields {', '.join(n for n, _ in given)} disagree: give one of them")
         name, topk = given[0] if given else ("topk", lim.default_topk)
         if not 1 <= topk <= lim.max_topk:
             raise BadInput(f"field '{name}' is {topk}; it must be between 1 and {lim.max_topk}")
+        if len(queries) > lim.max_queries:
+            raise BadInput(
+                f"field 'queries' has {len(queries)} queries; at most {lim.max_queries} per request"
+            )
         if st.retriever is None:
             raise Unavailable("no local retrieval backend is configured (backend: none)")
+        if not queries:  # a turn in which no rollout searched (Search-R1 sends it anyway)
+            return Response('{"result":[]}', media_type="application/json")
 
+        # Per-query problems never fail the batch: a blank query has no hits, a long one is clipped.
+        texts_in = [clip_query(q, lim.max_query_tokens, lim.max_query_chars) for q in queries]
+        clipped = sum(1 for q, t in zip(queries, texts_in, strict=True) if t is not q)
+        if clipped:
+            metrics.clipped.inc(clipped)
         backend = cfg.backend
         tag = getattr(st.retriever, "cache_tag", backend)
-        keys = [cache_key(tag, q, topk) for q in queries]
-        found = cache_get(keys)
+        # "" stands for a blank query (real keys always hold a separator character)
+        keys = [cache_key(tag, t, topk) if t.strip() else "" for t in texts_in]
+        asked = [k for k in keys if k]
+        found = cache_get(asked)
         missing: dict[str, str] = {}
-        for q, key in zip(queries, keys, strict=True):
-            if key not in found and key not in missing:
-                missing[key] = q
-        metrics.cache_hits.labels(backend).inc(len(queries) - sum(1 for k in keys if k not in found))
-        metrics.cache_misses.labels(backend).inc(sum(1 for k in keys if k not in found))
+        for t, key in zip(texts_in, keys, strict=True):
+            if key and key not in found and key not in missing:
+                missing[key] = t
+        n_miss = sum(1 for k in asked if k not in found)
+        metrics.cache_hits.labels(backend).inc(len(asked) - n_miss)
+        metrics.cache_misses.labels(backend).inc(n_miss)
         if missing:
             miss_keys = list(missing)
             texts = [normalize_query(missing[k]) for k in miss_keys]
@@ -376,6 +457,8 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
                 }
             found.update(fresh)
             await asyncio.get_running_loop().run_in_executor(st.executor, cache_put, fresh)
+        if len(asked) < len(keys):
+            found[""] = "[]"
         metrics.queries.labels("/retrieve").inc(len(queries))
         if req.return_scores:
             body = '{"result":[' + ",".join(found[k] for k in keys) + "]}"
@@ -464,8 +547,8 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             )
         metrics.queries.labels("/tools/browse_webpage").inc(len(pages))
         return {
-            "result": "\n\n".join(p.render() for p in pages),
-            "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": p.error} for p in pages],
+            "result": "\n\n".join(p.render() if p.ok else redact(p.render()) for p in pages),
+            "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": redact(p.error)} for p in pages],
         }
 
     @app.get("/health", response_model=None, responses={200: {"model": HealthResponse, "description": "Up"}})
@@ -503,6 +586,7 @@ def app_from_env() -> FastAPI:
     raw = os.environ.get("HANDLER_CONFIG_JSON")
     cfg = load_config(None, _flatten(json.loads(raw))) if raw else load_config()
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     return create_app(cfg, load_retriever(cfg))
 
 

@@ -23,8 +23,10 @@ class ConfigError(ValueError):
 class LimitsConfig:
     """Bounds on request size; anything beyond gets a 4xx naming the field."""
 
-    max_queries: int = 256  # queries per /retrieve request
-    max_query_chars: int = 2048
+    # /retrieve (Search-R1 batches: a trainer sends one request per turn, up to batch x rollouts queries)
+    max_queries: int = 4096  # queries per /retrieve request; more is a 422
+    max_query_tokens: int = 128  # a longer query is searched on its first N whitespace-separated words
+    max_query_chars: int = 2048  # ... and on its first N characters (web_search refuses longer queries)
     max_topk: int = 100
     default_topk: int = 3
     max_web_queries: int = 3  # web_search uses the first N queries (peers' convention), says so
@@ -32,7 +34,7 @@ class LimitsConfig:
     max_urls: int = 5
     max_url_chars: int = 2048
     max_question_chars: int = 4096
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: int = 16_000_000  # 4,096 queries of 2,048 characters (plus JSON escapes) fit
 
 
 @dataclass
@@ -187,6 +189,9 @@ def validate(cfg: HandlerConfig) -> HandlerConfig:
     lim = cfg.limits
     if not 1 <= lim.default_topk <= lim.max_topk:
         raise ConfigError(f"config key 'limits.default_topk': {lim.default_topk} not in [1, {lim.max_topk}]")
+    for key in ("max_queries", "max_query_tokens", "max_query_chars", "max_body_bytes"):
+        if getattr(lim, key) < 1:
+            raise ConfigError(f"config key 'limits.{key}': {getattr(lim, key)} must be >= 1")
     if not 0 < cfg.port < 65536:
         raise ConfigError(f"config key 'port': {cfg.port} is not a TCP port")
     if cfg.workers < 1:

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from handler.errors import BackendFailure, BackendTimeout
+from handler.redact import redact
 
 log = logging.getLogger("handler.http")
 
@@ -44,17 +45,18 @@ async def request_with_retry(
             log.warning("%s: timeout (attempt %d/%d)", what, attempt + 1, attempts)
             continue
         except httpx.HTTPError as e:
-            timed_out, last = False, f"{type(e).__name__}: {e}"[:200]
+            timed_out, last = False, redact(f"{type(e).__name__}: {e}")[:200]
             log.warning("%s: %s (attempt %d/%d)", what, last, attempt + 1, attempts)
             continue
         if resp.is_success:
             return resp
-        body = resp.text[:200].replace("\n", " ")
-        last = f"HTTP {resp.status_code}: {body}"
+        # The upstream's own error text is logged (redacted) but never relayed: it may echo the key
+        body = redact(resp.text[:200].replace("\n", " "))
+        last = f"HTTP {resp.status_code} {resp.reason_phrase}".rstrip()
         timed_out = False
+        log.warning("%s: %s (attempt %d/%d): %s", what, last, attempt + 1, attempts, body)
         if resp.status_code not in RETRY_STATUS:
             raise BackendFailure(f"{what} refused the request ({last})")
-        log.warning("%s: HTTP %d (attempt %d/%d)", what, resp.status_code, attempt + 1, attempts)
     if timed_out:
         raise BackendTimeout(f"{what} timed out after {attempts} attempt(s): {last}")
     raise BackendFailure(f"{what} failed after {attempts} attempt(s): {last}")

@@ -12,10 +12,14 @@ import ipaddress
 import logging
 import re
 import socket
+from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
+import idna
 
 from handler.config import ReaderConfig, secret
 from handler.errors import BackendFailure, BackendTimeout, BadInput, Forbidden
@@ -63,42 +67,118 @@ class UrlGuard:
         self.allow_hosts = {a.lower() for a in allow if not _is_network(a)}
         self.allow_nets = [ipaddress.ip_network(a, strict=True) for a in allow if _is_network(a)]
 
+    async def resolve(self, host: str, port: int) -> list[tuple]:
+        """``getaddrinfo`` for TCP (the one DNS lookup per URL and hop)."""
+        return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
     def _allowed_ip(self, ip: IPAddress) -> bool:
         return any(ip in n for n in self.allow_nets)
 
-    async def check(self, url: str, field: str) -> None:
-        """Raise BadInput for a malformed URL and Forbidden for a refused destination."""
+    async def check(self, url: str, field: str) -> tuple[str, str] | None:
+        """Raise BadInput for a malformed URL and Forbidden for a refused destination. Otherwise return
+        ``(host as the HTTP client names it, address to connect to)`` for a host name (the address that
+        was checked, so the connection needs no second DNS lookup), or None for an IP literal."""
         try:  # a malformed bracketed host ("http://[", "http://[zz]/") raises here
             parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
+            # "localhost." and "metadata.google.internal." are the same names without the final dot
+            host = (parts.hostname or "").lower().rstrip(".")
         except ValueError as e:
             raise BadInput(f"field '{field}': {url!r:.120} is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https"):
             raise BadInput(f"field '{field}': {url!r:.120} is not an http(s) URL")
+        bad = next((c for c in url if ord(c) < 32 or ord(c) == 127), None)
+        if bad is not None:
+            raise BadInput(f"field '{field}': {url!r:.120} contains a control character ({bad!r})")
         if not host:
             raise BadInput(f"field '{field}': {url!r:.120} has no host")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise BadInput(f"field '{field}': {url!r:.120} has an invalid port") from None
+        ascii_host = host
+        if not _is_ip(host):
+            try:  # IDNA 2008 as the HTTP client encodes it; empty labels, labels over 63 characters
+                ascii_host = host.encode("idna").decode() if host.isascii() else idna.encode(host).decode()
+            except (UnicodeError, idna.IDNAError) as e:
+                raise BadInput(f"field '{field}': {url!r:.120} has an invalid host name ({e})") from None
         if host in self.allow_hosts:
-            return
+            return (ascii_host, ascii_host) if not _is_ip(host) else None
         if host in METADATA_HOSTS:
             raise Forbidden(f"field '{field}': {url!r:.120} is a cloud-metadata host; refused")
         try:
             ips = [ipaddress.ip_address(host)]
         except ValueError:
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = await self.resolve(ascii_host, port)
             except socket.gaierror as e:
                 raise LookupError(f"cannot resolve host {host!r} ({e.strerror})") from None
             except UnicodeError as e:  # IDNA encoding failed: a label over 63 characters, a lone surrogate
                 raise BadInput(f"field '{field}': {url!r:.120} has an invalid host name ({e})") from None
             ips = [ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos]
+        if not ips:
+            raise LookupError(f"host {host!r} has no address")
         for ip in ips:
             why = _ip_class(ip)
             if why and not self._allowed_ip(ip):
                 raise Forbidden(f"field '{field}': {url!r:.120} resolves to {why} address {ip}; refused")
+        return None if _is_ip(host) else (ascii_host, str(ips[0]))
+
+
+# host (as the HTTP client names it, no final dot) -> address checked by the guard, for the current fetch
+_PINS: ContextVar[dict[str, str] | None] = ContextVar("reader_pins", default=None)
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects page fetches to the address the URL guard checked, never resolving the name again (a
+    DNS-rebinding server cannot answer the check with a public address and the connection with a
+    private one). TLS still verifies the certificate for the host name."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        target = host
+        if not _is_ip(host):
+            target = (_PINS.get() or {}).get(host.lower().rstrip("."), "")
+            if not target:
+                raise httpcore.ConnectError(f"host {host!r} was not checked by the URL guard")
+        return await self._inner.connect_tcp(
+            target, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None):
+        raise httpcore.ConnectError("page fetches do not use unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def pinned_client() -> httpx.AsyncClient:
+    """An HTTP client for page fetches whose connections go to the guard's checked addresses only."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    transport._pool = httpcore.AsyncConnectionPool(  # same pool httpx builds, with our network backend
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=64,
+        max_keepalive_connections=16,
+        keepalive_expiry=5.0,
+        network_backend=PinnedBackend(),
+    )
+    return httpx.AsyncClient(transport=transport, trust_env=False)
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
 
 
 def _is_network(s: str) -> bool:
@@ -155,8 +235,13 @@ class Reader:
 
     def __init__(self, cfg: ReaderConfig, client: httpx.AsyncClient):
         self.cfg = cfg
-        self.client = client
+        self.client = client  # the reader LLM's endpoint (configured, trusted)
+        self.pages = pinned_client()  # model-written URLs: connections pinned to checked addresses
         self.guard = UrlGuard(cfg.allow_hosts)
+
+    async def aclose(self) -> None:
+        """Close the page client's connections."""
+        await self.pages.aclose()
 
     def llm_configured(self) -> bool:
         return bool(self.cfg.llm.base_url)
@@ -164,10 +249,14 @@ class Reader:
     async def fetch(self, url: str, field: str) -> tuple[str, str]:
         """Return (final URL, text) of a page; raise Forbidden, or LookupError/ValueError with a reason."""
         cur = url
+        pins: dict[str, str] = {}
+        _PINS.set(pins)  # this task's own context: concurrent fetches do not see each other's pins
         for _hop in range(self.cfg.max_redirects + 1):
-            await self.guard.check(cur, field)
+            pin = await self.guard.check(cur, field)
+            if pin is not None:
+                pins[pin[0]] = pin[1]
             try:
-                async with self.client.stream(
+                async with self.pages.stream(
                     "GET",
                     cur,
                     timeout=self.cfg.timeout_s,
@@ -199,7 +288,7 @@ class Reader:
                     raw = bytes(buf).decode(resp.encoding or "utf-8", errors="replace")
             except httpx.TimeoutException:
                 raise TimeoutError(f"no answer within {self.cfg.timeout_s:g}s") from None
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
                 raise ValueError(f"{type(e).__name__}: {e}"[:200]) from None
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)

@@ -30,7 +30,10 @@ class ErrorBody(BaseModel):
 
 #: Each error status a POST route can answer, with the kind it carries and when.
 ERRORS: dict[int, tuple[str, str]] = {
-    400: ("bad_json", "The body is empty or not valid JSON"),
+    400: (
+        "bad_json",
+        "The body is empty, not valid JSON or nested too deeply (or Content-Length is not a number)",
+    ),
     403: ("forbidden", "A URL points at a loopback, private, link-local or metadata address"),
     413: ("too_large", "The body is over limits.max_body_bytes"),
     422: ("bad_input", "A field is missing, of the wrong type or out of bounds (the detail names it)"),
@@ -137,7 +140,9 @@ def request_models(lim: LimitsConfig) -> dict[str, type[BaseModel]]:
 
     class RetrieveRequest(BaseModel):
         """Search-R1 ``/retrieve``. Exactly one of ``queries`` and ``query`` (null counts as absent);
-        ``topk``, ``top_k`` and ``k`` are aliases and must agree when several are given."""
+        ``topk``, ``top_k`` and ``k`` are aliases and must agree when several are given. Any string is a
+        query: an empty list answers ``{"result": []}``, a blank query gets no hits, a long one is searched
+        on its first ``limits.max_query_tokens`` words and ``limits.max_query_chars`` characters."""
 
         model_config = ConfigDict(
             json_schema_extra={
@@ -151,10 +156,10 @@ def request_models(lim: LimitsConfig) -> dict[str, type[BaseModel]]:
                 ],
             }
         )
-        queries: Annotated[list[Query], Len(1, lim.max_queries)] | None = Field(
-            None, description="The queries (Search-R1)"
+        queries: Annotated[list[str], Len(0, lim.max_queries)] | None = Field(
+            None, description="The queries (Search-R1); one hit list per query, in order"
         )
-        query: Query | None = Field(None, description="One query (alias used by Search-R1 descendants)")
+        query: str | None = Field(None, description="One query (alias used by Search-R1 descendants)")
         topk: TopK | None = Field(None, description=f"Passages per query (default {lim.default_topk})")
         top_k: TopK | None = Field(None, description="Alias of topk")
         k: TopK | None = Field(None, description="Alias of topk")

@@ -106,11 +106,20 @@ def exact_match(prediction: str | None, golds: Any) -> float:
 
 
 def cover_exact_match(prediction: str | None, golds: Any) -> float:
-    """1.0 if some normalized gold alias occurs, on word boundaries, in the normalized prediction."""
+    """1.0 if some normalized gold alias occurs, on word boundaries, in the normalized prediction.
+
+    An alias that normalizes to nothing (``"A"``, ``"the"``, ``"?"``) is covered only by a prediction
+    that normalizes to nothing too, as in ``exact_match``: cover-EM is never below EM.
+    """
     if prediction is None:
         return 0.0
-    pred = f" {normalize_answer(prediction)} "
-    return float(any(f" {normalize_answer(g)} " in pred for g in as_gold_list(golds) if normalize_answer(g)))
+    norm = normalize_answer(prediction)
+    pred = f" {norm} "
+    for g in as_gold_list(golds):
+        gold = normalize_answer(g)
+        if (f" {gold} " in pred) if gold else not norm:
+            return 1.0
+    return 0.0
 
 
 def _check_tool_call(body: str) -> str | None:

@@ -75,6 +75,34 @@ def test_exact_and_cover_match():
 
 
 @pytest.mark.parametrize(
+    ("pred", "golds"),
+    [
+        ("A", ["A"]),  # the alias is an article: both normalize to ""
+        ("the", ["An", "Beatles"]),
+        ("?", "!"),
+        ("The Beatles", ["beatles"]),
+        ("a", ["b"]),
+        ("Beatles", ["A"]),
+        ("", ["the"]),
+    ],
+)
+def test_cover_em_is_never_below_em(pred, golds):
+    assert cover_exact_match(pred, golds) >= exact_match(pred, golds)
+
+
+def test_cover_em_of_aliases_that_normalize_to_nothing():
+    assert exact_match("A", ["A"]) == 1.0 and cover_exact_match("A", ["A"]) == 1.0
+    assert cover_exact_match("Beatles", ["A"]) == 0.0  # an empty alias is not "in" every prediction
+    assert cover_exact_match("Beatles", ["A", "the beatles"]) == 1.0
+
+
+def test_f1_differs_from_flashrag_on_yes_no():
+    """FlashRAG gives F1 0 when either side normalizes to yes/no/noanswer and they differ; we do not."""
+    assert f1_score("no", "no way") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert f1_score("yes", "yes") == 1.0
+
+
+@pytest.mark.parametrize(
     "response",
     [
         "<think>easy</think><answer>Paris</answer>",

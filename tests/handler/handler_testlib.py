@@ -93,8 +93,20 @@ def _make_handler(state: FakeWeb) -> type[BaseHTTPRequestHandler]:
                 q = body.get("q", "")
                 self._count(f"serper:{q}")
                 state.seen_keys.append(self.headers.get("X-API-KEY", ""))
-                if self.headers.get("X-API-KEY") != SERPER_KEY:
-                    return self._send(403, json.dumps({"message": "Unauthorized."}))
+                if self.headers.get("X-API-KEY") != SERPER_KEY:  # echoes the key, as some APIs do
+                    return self._send(
+                        403, json.dumps({"message": f"Unauthorized key {self.headers['X-API-KEY']}"})
+                    )
+                if "ECHOKEY" in q:
+                    return self._send(
+                        400,
+                        json.dumps(
+                            {
+                                "message": f"bad query for api_key={SERPER_KEY}",
+                                "debug": "Authorization: Bearer sk-live0123456789abcdefXYZ",
+                            }
+                        ),
+                    )
                 if "SLOW" in q:
                     time.sleep(2.0)
                 if "FAIL500" in q:

@@ -77,12 +77,13 @@ def test_unreachable_handler_becomes_short_text_and_flag() -> None:
 def test_client_reports_4xx_without_retrying(server: Server) -> None:
     async def go() -> ToolResult:
         async with HandlerClient([server.url], timeout_s=5, max_retries=3, backoff_s=5) as c:
-            return await c.search_text([""])
+            return await c.search_text(["x"], topk=999)
 
     out = asyncio.run(go())  # with backoff 5 s, a retry would make this slow; 4xx must not be retried
     assert not out.ok
     assert out == (
-        "Search failed: the request was rejected (HTTP 422: field 'queries[0]' is an empty query). "
+        "Search failed: the request was rejected (HTTP 422: field 'topk' is 999; it must be between 1 "
+        "and 20). "
         "Fix the tool call and try again."
     )
 

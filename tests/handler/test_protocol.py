@@ -113,7 +113,7 @@ def test_health_reports_backend_corpus_index_cache(server: Server) -> None:
 
 def test_metrics_prometheus_text(server: Server) -> None:
     post(server, "/retrieve", {"queries": ["metrics probe"], "topk": 1})
-    post(server, "/retrieve", {"queries": [""], "topk": 1})
+    post(server, "/retrieve", {"queries": ["x"], "topk": 0})
     text = httpx.get(server.url + "/metrics", timeout=5).text
     assert "# TYPE handler_requests_total counter" in text
     assert 'handler_requests_total{endpoint="/retrieve",status="200"}' in text
@@ -132,11 +132,7 @@ BAD = [
     ({"queries": ["x"], "topk": 2, "top_k": 3}, 422, "fields topk, top_k disagree"),
     ({"queries": "just a string"}, 422, "field 'queries': Input should be a valid list"),
     ({"queries": [1, "x"]}, 422, "field 'queries[0]': Input should be a valid string (got 1)"),
-    ({"queries": []}, 422, "field 'queries' is empty"),
-    ({"queries": ["ok", "   "]}, 422, "field 'queries[1]' is an empty query"),
-    ({"queries": ["x" * 501]}, 422, "field 'queries[0]' is 501 characters long; at most 500"),
     ({"queries": ["q"] * 65}, 422, "field 'queries' has 65 queries; at most 64"),
-    ({"query": ""}, 422, "field 'query' is an empty query"),
     ({"query": 5}, 422, "field 'query': Input should be a valid string"),
     ({"queries": ["x"], "query": "y"}, 422, "either field 'queries'"),
     ({"topk": 3}, 422, "field 'queries' is required"),
