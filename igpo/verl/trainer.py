@@ -13,7 +13,8 @@ with every per-sample field in TransferQueue (``tq.kv_batch_get`` / ``kv_batch_p
 agent loop's ``extra_fields`` dict is one such field per sample
 (``agent_loop_tq.AgentLoopWorkerTQ._agent_loop_postprocess`` stores ``output.as_dict()``).
 
-:class:`IGPOTrainer` overrides two steps:
+:class:`IGPOTrainer` overrides two steps of the pipeline (and wraps ``_step_once`` for a clear
+message when every rollout failed, ``_init_dataloader`` for the answer-template check):
 
 * ``_compute_old_log_prob``: builds the per-row prefix ends / answer copies
   (:func:`igpo.verl.ig_recompute.ig_request`), writes them as nested fields, sets the micro-batch flag
