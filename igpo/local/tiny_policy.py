@@ -128,6 +128,24 @@ def save_policy(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
+#: The files of a saved tokenizer (``save_pretrained``), without the model's ``config.json``.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> list[Path]:
+    """Copy the tokenizer files present in ``src`` into ``dst`` (created); returns the copies."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(src / n, dst / n)) for n in TOKENIZER_FILES if (src / n).exists()]
+
+
 def load_policy(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a saved policy and its tokenizer from a local folder (no hub access)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -12,17 +12,11 @@ tokenizer (Qwen2.5) needs nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
+from igpo.local.tiny_policy import TOKENIZER_FILES, copy_tokenizer
 
 
 class ExportError(RuntimeError):
@@ -54,12 +48,8 @@ def export(checkpoint: str | Path, out: str | Path, tokenizer: str | Path | None
     if r.returncode != 0:
         raise ExportError(f"verl's model merger failed on {src}:\n{r.stderr[-2000:]}")
     if tokenizer is not None:
-        tok_dir = Path(tokenizer)
-        files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).exists()]
-        if not files:
-            raise ExportError(f"--tokenizer {tok_dir} holds none of {TOKENIZER_FILES}")
-        for f in files:
-            shutil.copy2(f, out / f.name)
+        if not copy_tokenizer(tokenizer, out):
+            raise ExportError(f"--tokenizer {tokenizer} holds none of {TOKENIZER_FILES}")
     check_loads(out)
     return out
 

@@ -174,10 +174,20 @@ def check_resume(config: DictConfig) -> Path | None:
     return run_dir
 
 
-def record_run(config: DictConfig, run_dir: Path) -> None:
-    """Write the run's training settings beside its checkpoints (read by :func:`check_resume`)."""
+def record_run(config: DictConfig, run_dir: Path | None) -> None:
+    """Write the run's training settings beside its checkpoints (read by :func:`check_resume`); a
+    validation-only run (``trainer.val_only``) trains nothing and records nothing."""
+    if run_dir is None or config.trainer.get("val_only", False):
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_SETTINGS).write_text(json.dumps(run_settings(config), indent=1, default=str) + "\n")
+
+
+def report_setting_error(prog: str, error: SettingError) -> int:
+    """Print a :class:`SettingError` one line per bad key, prefixed with ``prog``; the exit status 2."""
+    for line in str(error).splitlines():
+        print(f"{prog}: {line}", file=sys.stderr)
+    return 2
 
 
 def compose_config(overrides: Sequence[str]) -> DictConfig:
@@ -269,11 +279,8 @@ def cli(argv: Sequence[str]) -> int:
         if mode == "--check":  # the entry script checks before it starts a handler
             return 0
     except SettingError as e:
-        for line in str(e).splitlines():
-            print(f"igpo.verl.main: {line}", file=sys.stderr)
-        return 2
-    if run_dir is not None and not config.trainer.get("val_only", False):
-        record_run(config, run_dir)
+        return report_setting_error("igpo.verl.main", e)
+    record_run(config, run_dir)
     sys.argv = [sys.argv[0], *argv]
     main()
     return 0

@@ -156,3 +156,14 @@ def test_agent_loop_and_tool_configs_exist_and_name_our_classes(cfg):
         "tools"
     ]
     assert {t["config"]["name"] for t in tools} == {"search", "web_search", "browse_webpage"}
+
+
+def test_a_validation_only_run_records_no_training_settings(tmp_path):
+    """``evaluate.sh`` runs verl with trainer.val_only=true: it must not overwrite the training run's record."""
+    run = tmp_path / "ckpt"
+    record_run(compose_trainer([f"trainer.default_local_dir={run}", "trainer.val_only=true"]), run)
+    assert not run.exists()
+    record_run(compose_trainer([f"trainer.default_local_dir={run}"]), None)  # nothing to record into
+    assert not run.exists()
+    record_run(compose_trainer([f"trainer.default_local_dir={run}"]), run)
+    assert (run / "igpo_run_settings.json").is_file()

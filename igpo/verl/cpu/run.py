@@ -23,7 +23,6 @@ Examples::
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,12 +34,6 @@ REPO = Path(__file__).resolve().parents[3]
 ASSETS = Path("outputs") / "igpo-verl-cpu" / "assets"  # IGPO_CPU_ASSETS overrides
 #: Logical CPUs each worker bundle asks Ray for (verl's resource pools), plus the driver-side actors.
 CPUS_PER_WORKER, CPUS_EXTRA = 3, 3
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 
 @dataclass(frozen=True)
@@ -73,15 +66,14 @@ def asset_engine(root: Path | None = None, overrides: tuple[str, ...] = (), log=
 def prepare_assets(engine, log=print) -> Assets:
     """The task (written once) and the warmed policy (warmed once, about a minute, against the engine's
     handler, which must be running); its tokenizer is copied to a folder of its own."""
+    from igpo.local.tiny_policy import copy_tokenizer
+
     warm = engine.out / "policy_warm"
     if not (warm / "config.json").exists():
         log("[igpo-verl-cpu] warming up the tiny policy once (the embedded default's warm-up)")
         engine.build_policy()
     tokenizer = engine.out / "tokenizer"  # no config.json beside it: verl loads the tokenizer's own class
-    tokenizer.mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        if (warm / name).exists():
-            shutil.copy2(warm / name, tokenizer / name)
+    copy_tokenizer(warm, tokenizer)
     data = engine.out / "data"
     return Assets(data / "train.parquet", data / "test.parquet", data / "corpus.jsonl", warm, tokenizer)
 
@@ -143,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.update(CPU_ENV)  # before verl picks its platform in this process
     from igpo.settings import SettingError
-    from igpo.verl.main import check_config, check_resume, record_run, train
+    from igpo.verl.main import check_config, check_resume, record_run, report_setting_error, train
 
     engine = asset_engine()
     engine.prepare_task()
@@ -160,11 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             check_ray_resources(config)
             run_dir = check_resume(config)
         except SettingError as e:
-            for line in str(e).splitlines():
-                print(f"igpo.verl.cpu.run: {line}", file=sys.stderr)
-            return 2
-        if run_dir is not None and not config.trainer.get("val_only", False):
-            record_run(config, run_dir)
+            return report_setting_error("igpo.verl.cpu.run", e)
+        record_run(config, run_dir)
         train(config)
         metrics = config.ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH
         print("\n[igpo-verl-cpu] verl's trainer finished on the CPU test bed:")
