@@ -25,7 +25,10 @@ Computation, vectorized over the batch (no per-token Python loop):
    non-final turns of all rollouts of a group together and the outcome rewards separately;
    ``"joint"`` z-scores both as one set;
 3. ``reward_mode``: ``"f1+ig"`` (IGPO), ``"f1"`` (outcome only: equals verl's GRPO at γ = 1), ``"ig"``
-   (IG only: the answer turn's normalized reward is 0);
+   (IG only: the answer turn's normalized reward is 0); two options, off by default (the paper's method):
+   ``ig_tol`` zeroes the normalized IG of a group whose raw IG values all lie within ``ig_tol`` nats of
+   each other (z-scoring would blow such near-ties up to unit size), ``ig_weight`` scales the
+   normalized IG part (``norm="separate"`` and ``"ig"``);
 4. discounted turn returns ``R[b, t] = Σ_{k ≥ t} γ^{k−t} r̃[b, k]`` written on every token of run t;
    0 on mask-0 tokens and padding.
 """
@@ -143,6 +146,20 @@ def group_zscore(
     return out * w
 
 
+def group_spread(
+    values: torch.Tensor, member: torch.Tensor, group: torch.Tensor, n_groups: int
+) -> torch.Tensor:
+    """``(n_groups,)`` max − min of each group's member values (0 for a group with no member)."""
+    g = group.unsqueeze(1).expand_as(values).reshape(-1)
+    m = member.reshape(-1)
+    v = values.reshape(-1)
+    hi = torch.full((n_groups,), -torch.inf, dtype=values.dtype, device=values.device)
+    lo = torch.full((n_groups,), torch.inf, dtype=values.dtype, device=values.device)
+    hi = hi.scatter_reduce(0, g[m], v[m], reduce="amax")
+    lo = lo.scatter_reduce(0, g[m], v[m], reduce="amin")
+    return torch.where(torch.isfinite(hi - lo), hi - lo, torch.zeros_like(hi))
+
+
 def discounted_turn_returns(turn_values: torch.Tensor, gamma: float) -> torch.Tensor:
     """Eq. 6: ``R[b, t] = Σ_{k ≥ t} γ^{k−t} r̃[b, k]`` for ``(bs, T)`` normalized turn rewards.
 
@@ -168,6 +185,8 @@ def compute_igpo_advantage(
     norm: str = "separate",
     epsilon: float = 1e-6,
     norm_by_std: bool = True,
+    ig_tol: float = 0.0,
+    ig_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IGPO advantages for a batch encoded per the module's contract.
 
@@ -180,6 +199,8 @@ def compute_igpo_advantage(
         norm: ``"separate"`` or ``"joint"`` (only matters for ``"f1+ig"``).
         epsilon: added to the std, as in verl's GRPO.
         norm_by_std: divide by the std (False = mean-centering only, as Dr.GRPO).
+        ig_tol: nats; a group whose IG rewards span less than this gets no IG advantage (0 = off).
+        ig_weight: factor on the normalized IG rewards (1 = the paper; ``"separate"`` and ``"ig"``).
     Returns:
         ``(advantages, returns)``, both ``(bs, L)`` in the dtype of ``token_level_rewards``; the same
         tensor, as verl's GRPO returns.
@@ -194,15 +215,23 @@ def compute_igpo_advantage(
     bs = token_level_rewards.shape[0]
     group, n_groups = _group_ids(index, bs)
     group = group.to(token_level_rewards.device)
+    if not (float(ig_tol) >= 0.0 and float(ig_weight) >= 0.0):
+        raise ValueError(f"ig_tol and ig_weight must be >= 0, got {ig_tol!r} and {ig_weight!r}")
     r = turns.rewards
+
+    def ig_part() -> torch.Tensor:
+        z = group_zscore(r, turns.is_ig, group, n_groups, epsilon, norm_by_std)
+        if ig_tol > 0.0:
+            flat = group_spread(r, turns.is_ig, group, n_groups) < ig_tol
+            z = z.masked_fill(flat[group].unsqueeze(1), 0.0)
+        return z * ig_weight if ig_weight != 1.0 else z
+
     if reward_mode == "f1":
         normed = group_zscore(r, turns.is_outcome, group, n_groups, epsilon, norm_by_std)
     elif reward_mode == "ig":
-        normed = group_zscore(r, turns.is_ig, group, n_groups, epsilon, norm_by_std)
+        normed = ig_part()
     elif norm == "separate":
-        normed = group_zscore(r, turns.is_ig, group, n_groups, epsilon, norm_by_std) + group_zscore(
-            r, turns.is_outcome, group, n_groups, epsilon, norm_by_std
-        )
+        normed = ig_part() + group_zscore(r, turns.is_outcome, group, n_groups, epsilon, norm_by_std)
     else:
         normed = group_zscore(r, turns.is_ig | turns.is_outcome, group, n_groups, epsilon, norm_by_std)
     returns_per_turn = discounted_turn_returns(normed, float(gamma))

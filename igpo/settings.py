@@ -23,6 +23,10 @@ IGPO_DEFAULTS: dict[str, Any] = {
     "ig_source": "recompute",
     "ig_basis": "logprob",
     "format_penalty": -1.0,
+    # options off by default (docs/benchmarks.md measures them): zero the IG advantages of a group whose IG
+    # values span less than ig_tol nats; scale the normalized IG part by ig_weight
+    "ig_tol": 0.0,
+    "ig_weight": 1.0,
     # the layout the system prompt asks for; igpo.prompts.INLINE_ANSWER_WRAPPER is the paper's inline example
     "answer_template": ANSWER_WRAPPER,
 }
@@ -101,6 +105,8 @@ RULES: dict[str, Rule] = {
     "ig_basis": Rule(choices=("logprob", "prob")),
     "gamma": _share(),
     "epsilon": _positive(),
+    "ig_tol": Rule(low=0.0),
+    "ig_weight": Rule(low=0.0),
     "format_penalty": Rule(high=0.0),  # a penalty: a positive value would reward malformed responses
     "answer_template": Rule(placeholder="{answer}"),
     # optimisation and batch shape

@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from igpo.metrics import gold_turn_credit
 from igpo.verl.ig_metrics import ig_time_share, igpo_step_metrics
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
 
 def emitted_names() -> set[str]:
-    """Every name the verl trainer's metric functions emit, with every optional input given."""
+    """Every name the verl trainer's metric functions emit, with every optional input given, and the
+    embedded default's credit-assignment ones."""
     mask = torch.tensor([[1, 1, 0, 1], [1, 1, 0, 1]])
     tlr = torch.zeros(2, 4)
     tlr[0, 1], tlr[0, 3], tlr[1, 1], tlr[1, 3] = 0.2, 1.0, -0.2, 0.0
@@ -33,6 +35,7 @@ def emitted_names() -> set[str]:
         timings={"driver": 0.1, "engine": 0.2},
     )
     m.update(ig_time_share(m, 3.0))
+    m.update(gold_turn_credit(tlr, mask, [0, None], [True, False]))
     return set(m)
 
 

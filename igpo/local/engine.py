@@ -30,16 +30,18 @@ import numpy as np
 import torch
 
 from igpo.advantage import compute_igpo_advantage, ig_to_token_rewards
-from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, outcome_reward
+from igpo.answer import as_gold_list, check_format, extract_answer, f1_score, normalize_answer, outcome_reward
 from igpo.info_gain import (
     answer_copy,
     check_answer_template,
+    ground_truth_gain,
     information_gain,
     packed_logprobs_with_copies,
     sample_answers,
 )
 from igpo.local.generation import LockstepBatcher
 from igpo.local.synthetic import ANSWER_TEMPLATE
+from igpo.metrics import gold_turn_credit
 from igpo.rollout import Episode, call_handler_tool, run_episode
 from igpo.settings import SettingError, check_settings
 from igpo.turns import prefix_ends_from_turn_ends
@@ -100,6 +102,8 @@ class LocalConfig:
     gamma: float = 1.0
     ig_basis: str = "logprob"
     format_penalty: float = -1.0
+    ig_tol: float = 0.0
+    ig_weight: float = 1.0
     # the answer copies information gain scores are written as the task's final turn (igpo.local.synthetic)
     answer_template: str = ANSWER_TEMPLATE
     # evaluation, checkpoints, logging
@@ -672,7 +676,14 @@ class LocalEngine:
         igs = [information_gain(a, cfg.ig_basis) for a in answer_lp]
         rewards, mask = encode_turn_rewards(episodes, outcomes, igs, length)
         adv, _ = compute_igpo_advantage(
-            rewards, mask, uids, gamma=cfg.gamma, reward_mode=cfg.reward_mode, norm=cfg.norm
+            rewards,
+            mask,
+            uids,
+            gamma=cfg.gamma,
+            reward_mode=cfg.reward_mode,
+            norm=cfg.norm,
+            ig_tol=cfg.ig_tol,
+            ig_weight=cfg.ig_weight,
         )
         with torch.no_grad():
             ref_lp = torch.cat(
@@ -715,6 +726,15 @@ class LocalEngine:
             seq_lens=[len(ep.prompt_ids) + len(ep.response_ids) for ep in episodes],
             copy_tokens=sum(copy_token_counts(prefix, copies)),
         )
+        qs = [q for q in questions for _ in range(cfg.group_size)]
+        m.update(
+            gold_turn_credit(
+                adv,
+                mask,
+                [self.gold_turn(ep, q) for ep, q in zip(episodes, qs, strict=True)],
+                [f1 < 1.0 for f1 in f1s],
+            )
+        )
         m.update(
             {
                 "rollout/truncated_rate": float(np.mean([ep.truncated for ep in episodes])),
@@ -724,6 +744,20 @@ class LocalEngine:
             }
         )
         return Batch(episodes, uids, rewards, mask, adv, old_lp, ref_lp, answer_lp, m)
+
+    def gold_turn(self, ep: Episode, q) -> int | None:
+        """Index of the first model turn whose tool response holds the question's gold-bearing passage (the
+        last hop's fact: it names both the path's last entity and the answer); None if none did."""
+        need = [normalize_answer(q.path[-1]), normalize_answer(q.answer)]
+        for t, turn in enumerate(ep.turns):
+            if turn.tool_end is None:
+                continue
+            text = (
+                " " + normalize_answer(self.tokenizer.decode(ep.response_ids[turn.end : turn.tool_end])) + " "
+            )
+            if all(f" {w} " in text for w in need):
+                return t
+        return None
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One optimizer step on ``batch``: verl's clipped surrogate + KL loss, micro-batched."""
@@ -809,6 +843,11 @@ class LocalEngine:
             for q, ep in zip(qs, eps, strict=True)
         ]
         f1 = [f1_score(r["prediction"], [r["ground_truth"][0]]) for r in records]
+        # Fig. 5 for every reward mode: the gold answer's log-prob before any search and after the last one
+        golds = [as_gold_list(q.answer)[0] for q in qs]
+        _, answer_lp = self.recompute(eps, golds, max(len(ep.response_ids) for ep in eps))
+        lps = [a.reshape(-1).double() for a in answer_lp]
+        searched = [a for a in lps if a.numel() >= 2]  # Fig. 5 is over trajectories that searched
         by_hops = {  # which question depths the policy solves (the RL phase has to learn the deep ones)
             f"eval/f1_hops{h}": float(np.mean([x for x, q in zip(f1, qs, strict=True) if q.hops == h]))
             for h in sorted({q.hops for q in qs})
@@ -817,6 +856,13 @@ class LocalEngine:
             "eval/f1": float(np.mean(f1)),
             **by_hops,
             "eval/answered": float(np.mean([r["prediction"] is not None for r in records])),
+            "eval/gt_logprob_gain": ground_truth_gain(lps),
+            "eval/gt_logprob_turn0": float(np.mean([float(a[0]) for a in searched]))
+            if searched
+            else math.nan,
+            "eval/gt_logprob_last": float(np.mean([float(a[-1]) for a in searched]))
+            if searched
+            else math.nan,
         }
 
     # -- checkpoints --------------------------------------------------------------------------------

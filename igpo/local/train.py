@@ -98,10 +98,12 @@ def run(cfg, log=print) -> dict:
             file=sys.stdout,
             dynamic_ncols=True,
         )
+        last_eval = None  # (step, records, metrics) of the latest evaluation, reused at the end
         while engine.step < cfg.steps:
             m = engine.train_step()
             if engine.step % cfg.eval_every == 0 or engine.step == cfg.steps:
-                _, ev = engine.evaluate()
+                records, ev = engine.evaluate()
+                last_eval = (engine.step, records, ev)
                 m.update(ev)
             sink.write(engine.step, m)
             bar.set_postfix(
@@ -114,7 +116,10 @@ def run(cfg, log=print) -> dict:
             if engine.step % cfg.save_every == 0 or engine.step == cfg.steps:
                 engine.save_checkpoint()
         bar.close()
-        records, ev = engine.evaluate()
+        if last_eval is not None and last_eval[0] == engine.step:
+            _, records, ev = last_eval
+        else:
+            records, ev = engine.evaluate()
         rollout = write_rollouts(records, rollout_dir(cfg.project, cfg.experiment, cfg.out_root), engine.step)
         ckpt = engine.latest_checkpoint() or engine.save_checkpoint()
         png = plot_curve(

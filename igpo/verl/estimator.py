@@ -76,4 +76,6 @@ def compute_igpo_advantage_verl(
         norm=s["norm"],
         epsilon=s["epsilon"],
         norm_by_std=s["norm_by_std"],
+        ig_tol=float(s["ig_tol"]),
+        ig_weight=float(s["ig_weight"]),
     )

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from igpo.info_gain import ground_truth_gain
-from igpo.metrics import advantage_collapse_metrics, turn_reward_metrics
+from igpo.metrics import advantage_collapse_metrics, informative_group_metrics, turn_reward_metrics
 from igpo.verl.ig_recompute import ig_to_token_rewards, information_gains
 
 __all__ = ["ig_time_share", "igpo_step_metrics", "rewards_with_ig"]
@@ -84,7 +84,8 @@ def igpo_step_metrics(
     Returns:
         ``igpo/outcome_f1_mean``, ``igpo/format_failure_rate``, ``igpo/ig_mean``, ``igpo/ig_std``,
         ``igpo/ig_count``, ``igpo/outcome_mean``, ``igpo/zero_adv_group_share_grpo`` / ``_igpo``
-        (outcome-only baseline vs IGPO on the same batch), ``igpo/gt_logprob_gain`` (turn 0 → T−1,
+        (outcome-only baseline vs IGPO on the same batch), ``igpo/outcome_tie_group_share`` and
+        ``igpo/uninformative_group_share`` (:func:`igpo.metrics.informative_group_metrics`), ``igpo/gt_logprob_gain`` (turn 0 → T−1,
         Fig. 5), ``igpo/turns_mean``, ``igpo/tool_calls_mean``, ``igpo/tool_error_rate``,
         ``igpo/copy_token_share`` and ``time/igpo_ig_s`` (+ its driver/engine parts).
     """
@@ -99,6 +100,7 @@ def igpo_step_metrics(
     out.update(turn_reward_metrics(tlr, rmask))
     if tlr.shape[0]:
         out.update(advantage_collapse_metrics(tlr, rmask, idx, igpo_advantages=adv))
+        out.update(informative_group_metrics(tlr, rmask, idx))
     f1 = [float(_get(_get(e, "reward_extra_info", {}), "f1", math.nan)) for e in rows]
     fmt = [float(_get(_get(e, "reward_extra_info", {}), "format_ok", math.nan)) for e in rows]
     out["igpo/outcome_f1_mean"] = _mean([x for x in f1 if not math.isnan(x)])

@@ -40,3 +40,64 @@ def test_summary_refuses_a_verdict_when_grpo_does_not_learn():
     igpo = {"train_f1": [0.2, 0.2, 0.2, 0.2], "zero_adv_share": [0.0] * 4}
     s = bench.summarize({"f1": {0: flat}, "f1+ig": {0: igpo}}, k=1)
     assert s["goal_met"] is None and "did not rise" in s["goal_note"]
+
+
+def test_sign_test_matches_the_binomial_tail():
+    # 5 wins of 5: two-sided p = 2 * (1/2)^5; 4 of 5: 2 * (1 + 5) / 32; ties are dropped
+    assert bench.sign_test_p([0.1] * 5) == pytest.approx(2 / 32)
+    assert bench.sign_test_p([0.1, 0.2, 0.3, 0.4, -0.1]) == pytest.approx(12 / 32)
+    assert bench.sign_test_p([0.1, 0.0, 0.0]) == pytest.approx(1.0)
+    assert bench.sign_test_p([0.0, 0.0]) == 1.0
+
+
+def test_paired_stats_interval_brackets_the_mean_and_is_degenerate_for_equal_differences():
+    s = bench.paired_stats([0.1, 0.1, 0.1])
+    assert s["mean"] == pytest.approx(0.1) and s["ci95"] == pytest.approx([0.1, 0.1])
+    assert (s["wins"], s["losses"]) == (3, 0)
+    d = [0.3, -0.1, 0.2, 0.0, 0.1]
+    s = bench.paired_stats(d)
+    assert s["mean"] == pytest.approx(0.1)
+    assert min(d) <= s["ci95"][0] < 0.1 < s["ci95"][1] <= max(d)
+    assert (s["wins"], s["losses"]) == (3, 1)
+
+
+def test_window_means_and_paired_comparison():
+    assert bench.window_means(list(range(1, 31))) == {"1-10": 5.5, "11-20": 15.5, "21-30": 25.5}
+    assert bench.window_means([1.0] * 12) == {"1-10": 1.0}  # windows past the curve are left out
+
+    def run(level: float, final: float) -> dict:
+        return {"train_f1": [level] * 30, "test_f1": {"0": 0.1, "30": final}}
+
+    runs = {
+        "GRPO": {0: run(0.5, 0.6), 1: run(0.4, 0.5)},
+        "IGPO": {0: run(0.6, 0.6), 1: run(0.3, 0.7), 2: run(0.9, 0.9)},  # seed 2 has no pair
+    }
+    c = bench.compare(runs)["IGPO - GRPO"]
+    assert c["train_f1_steps_1-10"]["per_seed"] == pytest.approx([0.1, -0.1])
+    assert c["test_f1_final"]["per_seed"] == pytest.approx([0.0, 0.2])
+    assert bench.final_test({"test_f1": {"0": 0.1, "15": 0.4, "30": 0.5}}) == 0.5
+
+
+def test_run_result_reads_the_metrics_log(tmp_path):
+    import json
+
+    rows = [
+        {"step": 0, "eval/f1": 0.2, "eval/f1_hops3": 0.2, "eval/gt_logprob_gain": 1.5},
+        {
+            "step": 1,
+            "igpo/outcome_f1_mean": 0.5,
+            "igpo/zero_adv_group_share_igpo": 0.25,
+            "igpo/outcome_tie_group_share": 0.5,
+            "igpo/uninformative_group_share": 0.125,
+            "igpo/credit_gold_turn_positive_share": None,  # NaN is logged as null
+            "igpo/credit_gold_turn_count": 0.0,
+            "tokens/update": 100.0,
+        },
+    ]
+    p = tmp_path / "metrics.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    r = bench.run_result(p, 3.0)
+    assert r["train_f1"] == [0.5] and r["zero_adv_share"] == [0.25] and r["tokens"] == [100.0]
+    assert np.isnan(r["credit_share"][0]) and r["test_f1"] == {"0": 0.2}
+    assert r["test_f1_by_hops"] == {"0": {"3": 0.2}} and r["eval_gt"]["0"]["gain"] == 1.5
+    assert np.isnan(r["eval_gt"]["0"]["turn0"])
