@@ -335,10 +335,12 @@ def plot_variant(name: str, runs: dict[str, dict[int, dict]], path: Path, k: int
         uninf = np.array([smooth(r["uninformative_share"], k) for r in by_seed.values()]).mean(0)
         ax[2].plot(x, tie, color=c, ls="--")
         ax[2].plot(x, uninf, color=c, label=arm)
-        cr = np.array([r["credit_share"] for r in by_seed.values()], dtype=float)
-        ax[3].plot(
-            x, smooth(list(np.nanmean(np.where(np.isnan(cr), np.nan, cr), axis=0)), k), color=c, label=arm
-        )
+        # pooled over seeds, weighted by how many rollouts each share is over, then a NaN-aware moving sum
+        cr = np.nan_to_num(np.array([r["credit_share"] for r in by_seed.values()], dtype=float))
+        cn = np.array([r["credit_count"] for r in by_seed.values()], dtype=float)
+        pos, cnt = smooth(list((cr * cn).sum(0)), k), smooth(list(cn.sum(0)), k)
+        ax[3].plot(x, np.where(cnt > 0, pos / np.maximum(cnt, 1e-12), np.nan), color=c, label=arm)
+
     ax[0].set(xlabel="step", ylabel=f"train F1 (moving avg {k})", title=f"{name}: F1")
     ax[1].set(xlabel="update tokens (thousands)", ylabel="train F1", title="F1 vs tokens")
     ax[2].set(

@@ -101,7 +101,8 @@ def test_analyze_ig_scale_decomposes_igpo_into_ig_and_outcome_parts():
     z = 1 / math.sqrt(2)  # both parts are ±(0.5 / sqrt(0.5))
     assert d["by_searches"] == {1: pytest.approx([-z, z], rel=1e-4)}
     assert d["pushed"] == [True]  # the right rollout's first turn gets -z from IG: below GRPO's
-    assert np.mean(d["ig_abs"]) == pytest.approx(4 * z / 6, rel=1e-4)  # IG part on the 4 search tokens, 0 on answers
+    # the IG part is on the 4 search tokens and 0 on the 2 answer tokens
+    assert np.mean(d["ig_abs"]) == pytest.approx(4 * z / 6, rel=1e-4)
     assert np.mean(d["out_abs"]) == pytest.approx(z, rel=1e-4)
     assert (d["noise_groups"], d["groups"]) == (0, 1)
     near_tie = mod.decompose(
