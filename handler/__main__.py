@@ -2,7 +2,8 @@
 
 python -m handler serve                                   # bundled sample corpus, 127.0.0.1:8000
 python -m handler serve --corpus wiki18.jsonl --port 8000 # builds (or reuses) the BM25 index
-python -m handler index wiki18.jsonl --out indexes/wiki18 # build only, with a progress bar
+python -m handler index wiki18.jsonl --out indexes/wiki18 # build only (reused if current), progress bar
+python -m handler index wiki18.jsonl --out indexes/wiki18 --rebuild  # delete and rebuild
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     watch_config(cfg)
     install_log_redaction()
     cfg = prepare_index(cfg, show_progress=sys.stderr.isatty())
+    if cfg.cache.enabled:  # a bad cache file is fixed (or refused with a message) before workers start
+        from handler.app import default_cache_path
+        from handler.cache import Cache
+
+        Cache(default_cache_path(cfg), cfg.cache.ttl_s).close()
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("handler").warning(
             "binding %s: the handler is reachable from other machines", cfg.host
@@ -71,22 +77,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Build a persistent index of a corpus."""
+    """Build a persistent index of a corpus, or reuse the one in ``--out`` if it is current and intact."""
     cfg = _config(args, {"backend": args.backend})
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.backend == "bm25":
-        from handler.backends.bm25 import build_index
+        from handler.backends.bm25 import ensure_bm25_index
 
-        meta = build_index(args.corpus, args.out, cfg.bm25, show_progress=True)
+        meta = ensure_bm25_index(args.out, args.corpus, cfg.bm25, show_progress=True, rebuild=args.rebuild)
     elif cfg.backend == "dense":
-        from handler.backends.dense import build_dense_index
+        from handler.backends.dense import ensure_dense_index
 
-        meta = build_dense_index(args.corpus, args.out, cfg.dense, show_progress=True)
+        meta = ensure_dense_index(args.out, args.corpus, cfg.dense, show_progress=True, rebuild=args.rebuild)
     else:
         raise ConfigError(f"backend {cfg.backend!r} has no index")
-    print(
-        json.dumps({"index_dir": args.out, **{k: meta[k] for k in ("n_docs", "build_seconds") if k in meta}})
-    )
+    reused = meta is None
+    if meta is None:
+        from handler.index_files import read_meta
+
+        meta = read_meta(args.out) or {}
+    summary = {k: meta[k] for k in ("n_docs", "build_seconds") if k in meta}
+    print(json.dumps({"index_dir": args.out, **summary, "reused": reused}))
     return 0
 
 
@@ -110,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--out", required=True, help="index directory to write")
     i.add_argument("--config", help="YAML config (tokenizer, BM25 and dense settings)")
     i.add_argument("--backend", choices=["bm25", "dense"], default="bm25")
+    i.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="delete and rebuild the index even if it looks current (the fix for a damaged index)",
+    )
     i.set_defaults(fn=cmd_index)
     args = p.parse_args(argv)
     try:

@@ -4,18 +4,57 @@ Keys are ``backend | normalized query | topk``; values are the JSON text of the 
 /retrieve reply is assembled without re-parsing. Several server processes may share one file. Each
 process also keeps the most recently stored or read entries in memory (bounded; same TTL), which
 spares a SQLite query for hot keys.
+
+A cache file that is not a SQLite database (or is corrupt) is moved aside to
+``NAME.corrupt-YYYYmmdd-HHMMSS`` and an empty cache started, with a warning in the log; a file that
+cannot be used for another reason (no permission, a folder, another program's database) stops the
+server with ``CacheError`` naming the file and what to do.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
+from filelock import FileLock
+
 log = logging.getLogger("handler.cache")
+
+# SQLite result codes meaning "this file is not (or no longer) a database".
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+class CacheError(ValueError):
+    """The cache file cannot be used; the message names it and says what to do."""
+
+
+def _is_corrupt(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return type(e) is sqlite3.DatabaseError  # older Pythons: corruption is the bare DatabaseError
+
+
+def quarantine(path: str | Path) -> Path:
+    """Rename a bad cache file (and its -wal/-shm companions) to ``NAME.corrupt-<timestamp>``; return it."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, target.with_name(target.name + suffix))
+    return target
 
 
 def normalize_query(q: str) -> str:
@@ -42,9 +81,40 @@ class Cache:
         self._local = threading.local()
         self._lock = threading.Lock()
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        # Worker processes open the file together: one at a time checks it (and moves a bad one aside).
+        with FileLock(self.path + ".lock"):
+            try:
+                self._open_checked()
+            except sqlite3.Error as e:
+                self.close()
+                if not _is_corrupt(e):
+                    raise CacheError(self._advice(e)) from None
+                moved = quarantine(self.path)
+                log.warning(
+                    "cache file %s is not a usable SQLite database (%s): moved it to %s and started an "
+                    "empty cache",
+                    self.path,
+                    e,
+                    moved,
+                )
+                try:
+                    self._open_checked()
+                except sqlite3.Error as e2:
+                    self.close()
+                    raise CacheError(self._advice(e2)) from None
+
+    def _open_checked(self) -> None:
+        """Open the file, create the table, and read one row (which fails on a file that is not a database)."""
         con = self._con()
         con.execute(
             "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL NOT NULL)"
+        )
+        con.execute("SELECT key, value, created FROM cache LIMIT 1").fetchall()
+
+    def _advice(self, e: sqlite3.Error) -> str:
+        return (
+            f"cache file {self.path!r} cannot be used ({e}): point cache.path (--cache) at a writable file, "
+            "or run without the cache (--no-cache, or cache.enabled: false)"
         )
 
     def _con(self) -> sqlite3.Connection:
