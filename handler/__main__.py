@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from handler.config import ConfigError, load_config
+from handler.config import ConfigError, load_config, validate
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "handler.yaml"
 
@@ -47,6 +47,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "log_level": args.log_level,
         },
     )
+    if args.allowed_host:  # added to the config file's list
+        cfg.allowed_hosts = [*cfg.allowed_hosts, *args.allowed_host]
+        validate(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from handler.redact import install_log_redaction, watch_config
 
@@ -60,9 +63,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Cache(default_cache_path(cfg), cfg.cache.ttl_s).close()
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("handler").warning(
-            "binding %s: the handler is reachable from other machines", cfg.host
+            "binding %s: the handler is reachable from other machines; requests whose Host header "
+            "is not loopback, the bind address%s or in allowed_hosts (%s) get 421",
+            cfg.host,
+            " (any IP address)" if cfg.host in ("0.0.0.0", "::") else "",
+            ", ".join(cfg.allowed_hosts) or "none; add names with --allowed-host",
         )
     os.environ["HANDLER_CONFIG_JSON"] = json.dumps(cfg.to_dict())
+    from handler.serving import PROTOCOL
+
     uvicorn.run(
         "handler.app:app_from_env",
         factory=True,
@@ -72,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=cfg.log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=cfg.limits.keep_alive_s,  # idle keep-alive connections
+        http=PROTOCOL,  # closes connections whose request head is not complete in limits.header_timeout_s
     )
     return 0
 
@@ -110,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--backend", choices=["bm25", "dense", "none"])
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument(
+        "--allowed-host",
+        action="append",
+        metavar="NAME",
+        help="accept this Host header name besides loopback and the bind address (repeatable; '*' = any)",
+    )
     s.add_argument("--workers", type=int, help="uvicorn worker processes (they share the mmapped index)")
     s.add_argument("--cache", help="SQLite cache file")
     s.add_argument("--no-cache", action="store_true", help="disable the answer cache")

@@ -2,8 +2,8 @@
 
 Keys are ``backend | normalized query | topk``; values are the JSON text of the answer, so a cached
 /retrieve reply is assembled without re-parsing. Several server processes may share one file. Each
-process also keeps the most recently stored or read entries in memory (bounded; same TTL), which
-spares a SQLite query for hot keys.
+process also keeps the most recently stored or read entries in memory (bounded in entries and in
+bytes; same TTL), which spares a SQLite query for hot keys.
 
 A cache file that is not a SQLite database (or is corrupt) is moved aside to
 ``NAME.corrupt-YYYYmmdd-HHMMSS`` and an empty cache started, with a warning in the log; a file that
@@ -70,11 +70,18 @@ def cache_key(backend: str, query: str, topk: int) -> str:
 class Cache:
     """Thread-safe SQLite key -> JSON text store with a time-to-live."""
 
-    def __init__(self, path: str | Path, ttl_s: float, memory_entries: int = 8192):
+    #: Bytes counted per in-memory entry besides its key and value characters (dict slot, tuple, objects)
+    ENTRY_OVERHEAD = 200
+
+    def __init__(
+        self, path: str | Path, ttl_s: float, memory_entries: int = 8192, memory_bytes: int = 64_000_000
+    ):
         self.path = str(path)
         self.ttl_s = ttl_s
         self.memory_entries = memory_entries
+        self.memory_bytes = memory_bytes  # budget of the in-memory entries (approximate: see _cost)
         self._mem: dict[str, tuple[str, float]] = {}  # key -> (value, created); oldest inserted first
+        self._mem_bytes = 0
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -127,15 +134,35 @@ class Cache:
             self._local.con = con
         return con
 
+    def _cost(self, key: str, value: str) -> int:
+        """Memory an entry is counted for: one byte per character (the JSON is mostly ASCII) plus a
+        fixed overhead."""
+        return len(key) + len(value) + self.ENTRY_OVERHEAD
+
     def _remember(self, rows: list[tuple[str, str, float]]) -> None:
-        """Keep entries in memory, dropping the oldest inserted beyond the bound (caller holds the lock)."""
+        """Keep entries in memory, dropping the oldest inserted beyond the entry and byte bounds; an
+        entry larger than the whole byte budget is not kept (caller holds the lock)."""
         mem = self._mem
         for key, value, created in rows:
-            mem.pop(key, None)
-            mem[key] = (value, created)
+            old = mem.pop(key, None)
+            if old is not None:
+                self._mem_bytes -= self._cost(key, old[0])
+            cost = self._cost(key, value)
+            if cost <= self.memory_bytes:
+                mem[key] = (value, created)
+                self._mem_bytes += cost
         excess = len(mem) - self.memory_entries
         if excess > 0:
             for key in list(itertools.islice(mem, excess)):
+                self._mem_bytes -= self._cost(key, mem.pop(key)[0])
+        if self._mem_bytes > self.memory_bytes:
+            drop = []
+            for key, (value, _) in mem.items():  # oldest first
+                if self._mem_bytes <= self.memory_bytes:
+                    break
+                self._mem_bytes -= self._cost(key, value)
+                drop.append(key)
+            for key in drop:
                 del mem[key]
 
     def get_many(self, keys: list[str], ttl_s: float | None = None) -> dict[str, str]:
@@ -164,7 +191,7 @@ class Cache:
                     (*part, oldest),
                 ).fetchall()
             found.update((k, v) for k, v, _ in rows)
-            if rows and self.memory_entries > 0:
+            if rows and self.memory_entries > 0 and self.memory_bytes > 0:
                 with self._lock:
                     self._remember(rows)
         with self._lock:
@@ -188,7 +215,7 @@ class Cache:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        if self.memory_entries > 0:
+        if self.memory_entries > 0 and self.memory_bytes > 0:
             with self._lock:
                 self._remember([(k, v, now) for k, v in items.items()])
 
@@ -197,7 +224,7 @@ class Cache:
         oldest = time.time() - self.ttl_s
         with self._lock:
             for key in [k for k, (_, created) in self._mem.items() if created < oldest]:
-                del self._mem[key]
+                self._mem_bytes -= self._cost(key, self._mem.pop(key)[0])
         cur = self._con().execute("DELETE FROM cache WHERE created < ?", (oldest,))
         return cur.rowcount
 
@@ -222,6 +249,7 @@ class Cache:
             "errors": self.errors,
             "ttl_s": self.ttl_s,
             "memory_entries": len(self._mem),
+            "memory_bytes": self._mem_bytes,
         }
 
     def close(self) -> None:

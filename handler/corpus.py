@@ -148,14 +148,23 @@ class Tokenizer:
         else:
             self._stem = None
         self._cache: dict[str, str | None] = {}
+        self._cache_bytes = 0
+
+    #: Bounds of the word cache (entries, approximate bytes): once either is reached, new words are
+    #: stemmed each time instead of cached (query words are model-written: unbounded in number)
+    CACHE_ENTRIES = 2_000_000
+    CACHE_BYTES = 256_000_000
+    CACHE_ENTRY_OVERHEAD = 150  # dict slot and two str objects, besides the characters
 
     def word(self, w: str) -> str | None:
         """Normalized token for one lowercase word, or None for a stopword."""
         t = self._cache.get(w, "")
         if t == "":
             t = None if w in self._stopwords else (self._stem(w) if self._stem else w)
-            if len(self._cache) < 2_000_000:
+            cost = len(w) + len(t or "") + self.CACHE_ENTRY_OVERHEAD
+            if len(self._cache) < self.CACHE_ENTRIES and self._cache_bytes + cost <= self.CACHE_BYTES:
                 self._cache[w] = t
+                self._cache_bytes += cost
         return t
 
     def ids(self, text: str, vocab: dict[str, int], word_ids: dict[str, int]) -> list[int]:

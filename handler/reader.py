@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -231,17 +232,24 @@ def pick_passages(text: str, question: str, max_chars: int) -> str:
 
 
 class Reader:
-    """Fetches pages and turns them into text about a question."""
+    """Fetches pages and turns them into text about a question.
+
+    HTML -> text (seconds for a 2 MB page) runs on ``PARSE_THREADS`` threads of its own, off the event
+    loop, so other requests (``/retrieve``) are answered meanwhile."""
+
+    PARSE_THREADS = 2
 
     def __init__(self, cfg: ReaderConfig, client: httpx.AsyncClient):
         self.cfg = cfg
         self.client = client  # the reader LLM's endpoint (configured, trusted)
         self.pages = pinned_client()  # model-written URLs: connections pinned to checked addresses
         self.guard = UrlGuard(cfg.allow_hosts)
+        self.parser = ThreadPoolExecutor(max_workers=self.PARSE_THREADS, thread_name_prefix="html2text")
 
     async def aclose(self) -> None:
-        """Close the page client's connections."""
+        """Close the page client's connections and stop the parser threads."""
         await self.pages.aclose()
+        self.parser.shutdown(wait=False, cancel_futures=True)
 
     def llm_configured(self) -> bool:
         return bool(self.cfg.llm.base_url)
@@ -292,12 +300,10 @@ class Reader:
                 raise ValueError(f"{type(e).__name__}: {e}"[:200]) from None
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)
-            text = (
-                html_to_text(raw, cur)
-                if ("html" in ctype or (not ctype and "<html" in raw[:2000].lower()))
-                else raw
-            )
-            return cur, text
+            if "html" in ctype or (not ctype and "<html" in raw[:2000].lower()):
+                loop = asyncio.get_running_loop()
+                return cur, await loop.run_in_executor(self.parser, html_to_text, raw, cur)
+            return cur, raw
         raise ValueError(f"more than {self.cfg.max_redirects} redirects")
 
     async def _ask_llm(self, chunk: str, question: str, url: str) -> str:
@@ -342,7 +348,13 @@ class Reader:
         if not text.strip():
             return Page(url, False, error="the page has no readable text")
         if not self.llm_configured():
-            return Page(url, True, pick_passages(text, question, self.cfg.max_chars_per_page))
+            if len(text) <= self.cfg.max_chars_per_page:
+                return Page(url, True, text)
+            loop = asyncio.get_running_loop()  # scoring every paragraph of a long page: off the loop too
+            picked = await loop.run_in_executor(
+                self.parser, pick_passages, text, question, self.cfg.max_chars_per_page
+            )
+            return Page(url, True, picked)
         size = self.cfg.llm.chunk_chars
         chunks = [text[i : i + size] for i in range(0, len(text), size)][: self.cfg.llm.max_chunks]
         notes = []

@@ -21,6 +21,7 @@ import numpy as np
 
 from handler.config import Bm25Config
 from handler.corpus import DocStore, Tokenizer, iter_corpus
+from handler.errors import BackendTimeout
 from handler.index_files import (
     build_atomically,
     build_lock,
@@ -398,9 +399,13 @@ class Bm25Retriever:
                 weights.append(float(c))
         return ids, weights
 
-    def _ranked(self, queries: list[str], topk: int) -> list[tuple[list[int], list[float]]]:
+    def _ranked(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[tuple[list[int], list[float]]]:
         out = []
         for q in queries:
+            if stop is not None and stop.is_set():  # the request timed out: free this thread
+                raise BackendTimeout("search stopped: the request timed out")
             ids, w = self.token_ids(q)
             if not ids:
                 out.append(([], []))
@@ -409,21 +414,24 @@ class Bm25Retriever:
             out.append((docs.tolist(), scores.tolist()))
         return out
 
-    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
-        """Ranked hits per query, in the Search-R1 shape with scores."""
+    def search(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Ranked hits per query, in the Search-R1 shape with scores. When ``stop`` is set (the
+        request timed out) the search raises BackendTimeout before its next query."""
         out = []
-        for docs, scores in self._ranked(queries, topk):
+        for docs, scores in self._ranked(queries, topk, stop):
             hits = []
             for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True):
                 hits.append({"document": {"id": doc_id, "contents": contents}, "score": round(float(s), 6)})
             out.append(hits)
         return out
 
-    def search_json(self, queries: list[str], topk: int) -> list[str]:
+    def search_json(self, queries: list[str], topk: int, stop: threading.Event | None = None) -> list[str]:
         """The same hits as ``search``, each query's list already serialized as JSON text
         (``json.dumps(search(...)[i], ensure_ascii=False)`` up to whitespace)."""
         out = []
-        for docs, scores in self._ranked(queries, topk):
+        for docs, scores in self._ranked(queries, topk, stop):
             parts = [
                 f'{{"document":{{"id":{_jstr(doc_id)},"contents":{_jstr(contents)}}},"score":{round(s, 6)!r}}}'
                 for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True)

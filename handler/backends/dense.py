@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from handler.backends.bm25 import corpus_fingerprint
 from handler.config import DenseConfig
 from handler.corpus import DocStore, iter_corpus
+from handler.errors import BackendTimeout
 from handler.index_files import build_atomically, build_lock, damaged, ensure_index, read_meta
 
 FORMAT = "igpo-dense-v1"
@@ -194,9 +196,22 @@ class DenseRetriever:
             "index_type": self.meta["dense"]["index_type"],
         }
 
-    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
-        """Ranked hits per query by cosine similarity."""
-        q = self.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    STOP_CHUNK = 1024  # queries encoded between two looks at ``stop``
+
+    def search(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Ranked hits per query by cosine similarity. When ``stop`` is set (the request timed out)
+        the search raises BackendTimeout before its next chunk of ``STOP_CHUNK`` queries."""
+        if not queries:
+            return []
+        parts = []
+        for start in range(0, len(queries), self.STOP_CHUNK):
+            if stop is not None and stop.is_set():
+                raise BackendTimeout("search stopped: the request timed out")
+            chunk = queries[start : start + self.STOP_CHUNK]
+            parts.append(self.model.encode(chunk, normalize_embeddings=True, convert_to_numpy=True))
+        q = (np.concatenate(parts) if len(parts) > 1 else parts[0]).astype(np.float32)
         scores, idx = self.index.search(q, min(topk, len(self.docs)))
         out = []
         for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True):
