@@ -106,6 +106,9 @@ class ReaderConfig:
     max_retries: int = 1
     backoff_s: float = 0.5
     max_chars_per_page: int = 4000  # text returned per page when no LLM is configured
+    # Pages parsed (HTML -> text) or waiting for a parser thread; one more is answered as an error page
+    # at once, so many large pages cannot queue without bound (each waiting page holds its bytes)
+    max_parse_jobs: int = 8
     user_agent: str = "IGPO-handler/0.1 (+https://github.com/)"
     # Hosts or CIDRs allowed even though they resolve to loopback/private/link-local addresses.
     allow_hosts: list[str] = field(default_factory=list)
@@ -213,6 +216,8 @@ def validate(cfg: HandlerConfig) -> HandlerConfig:
             raise ConfigError(f"config key 'limits.{key}': {getattr(lim, key):g} must be > 0")
     if lim.max_backend_jobs < 1:
         raise ConfigError(f"config key 'limits.max_backend_jobs': {lim.max_backend_jobs} must be >= 1")
+    if cfg.reader.max_parse_jobs < 1:
+        raise ConfigError(f"config key 'reader.max_parse_jobs': {cfg.reader.max_parse_jobs} must be >= 1")
     if cfg.cache.memory_entries < 0 or not cfg.cache.memory_mb >= 0:
         raise ConfigError(
             f"config keys 'cache.memory_entries' ({cfg.cache.memory_entries}) and 'cache.memory_mb' "

@@ -12,7 +12,9 @@ import ipaddress
 import logging
 import re
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -231,11 +233,17 @@ def pick_passages(text: str, question: str, max_chars: int) -> str:
     return out[:max_chars]
 
 
+class ParserBusy(Exception):
+    """Every parser slot (``reader.max_parse_jobs``) is taken: the page is answered as an error."""
+
+
 class Reader:
     """Fetches pages and turns them into text about a question.
 
     HTML -> text (seconds for a 2 MB page) runs on ``PARSE_THREADS`` threads of its own, off the event
-    loop, so other requests (``/retrieve``) are answered meanwhile."""
+    loop, so other requests (``/retrieve``) are answered meanwhile. At most ``reader.max_parse_jobs``
+    pages are parsed or wait for a thread (a waiting page holds its bytes); a page past that is an
+    error page at once instead of a queue that grows without bound."""
 
     PARSE_THREADS = 2
 
@@ -245,6 +253,8 @@ class Reader:
         self.pages = pinned_client()  # model-written URLs: connections pinned to checked addresses
         self.guard = UrlGuard(cfg.allow_hosts)
         self.parser = ThreadPoolExecutor(max_workers=self.PARSE_THREADS, thread_name_prefix="html2text")
+        self.parse_jobs = 0  # running or waiting in self.parser (a running job whose request is gone too)
+        self.parse_lock = threading.Lock()
 
     async def aclose(self) -> None:
         """Close the page client's connections and stop the parser threads."""
@@ -253,6 +263,31 @@ class Reader:
 
     def llm_configured(self) -> bool:
         return bool(self.cfg.llm.base_url)
+
+    def _parse_done(self, _: Future | None) -> None:
+        with self.parse_lock:
+            self.parse_jobs -= 1
+
+    async def _off_loop(self, fn: Callable[..., str], *args: Any) -> str:
+        """``fn(*args)`` on a parser thread; ParserBusy when ``reader.max_parse_jobs`` are taken. The slot
+        is held until the call ends, even when the request that asked for it is gone."""
+        limit = self.cfg.max_parse_jobs
+        with self.parse_lock:
+            busy = self.parse_jobs >= limit
+            if not busy:
+                self.parse_jobs += 1
+        if busy:
+            raise ParserBusy(
+                f"the handler is busy parsing other pages (reader.max_parse_jobs: {limit} being parsed or "
+                "waiting); try again in a moment"
+            )
+        try:
+            cfut = self.parser.submit(fn, *args)
+        except BaseException:
+            self._parse_done(None)
+            raise
+        cfut.add_done_callback(self._parse_done)
+        return await asyncio.wrap_future(cfut)  # cancelled with its request: a waiting job never starts
 
     async def fetch(self, url: str, field: str) -> tuple[str, str]:
         """Return (final URL, text) of a page; raise Forbidden, or LookupError/ValueError with a reason."""
@@ -301,8 +336,7 @@ class Reader:
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)
             if "html" in ctype or (not ctype and "<html" in raw[:2000].lower()):
-                loop = asyncio.get_running_loop()
-                return cur, await loop.run_in_executor(self.parser, html_to_text, raw, cur)
+                return cur, await self._off_loop(html_to_text, raw, cur)
             return cur, raw
         raise ValueError(f"more than {self.cfg.max_redirects} redirects")
 
@@ -343,6 +377,8 @@ class Reader:
             final, text = await self.fetch(url, field)
         except (Forbidden, BadInput):
             raise
+        except ParserBusy as e:
+            return Page(url, False, error=str(e))
         except (LookupError, ValueError, TimeoutError, OSError) as e:
             return Page(url, False, error=f"could not fetch the page: {e}")
         if not text.strip():
@@ -350,10 +386,10 @@ class Reader:
         if not self.llm_configured():
             if len(text) <= self.cfg.max_chars_per_page:
                 return Page(url, True, text)
-            loop = asyncio.get_running_loop()  # scoring every paragraph of a long page: off the loop too
-            picked = await loop.run_in_executor(
-                self.parser, pick_passages, text, question, self.cfg.max_chars_per_page
-            )
+            try:  # scoring every paragraph of a long page: off the loop too
+                picked = await self._off_loop(pick_passages, text, question, self.cfg.max_chars_per_page)
+            except ParserBusy as e:
+                return Page(url, False, error=str(e))
             return Page(url, True, picked)
         size = self.cfg.llm.chunk_chars
         chunks = [text[i : i + size] for i in range(0, len(text), size)][: self.cfg.llm.max_chunks]

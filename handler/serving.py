@@ -38,7 +38,10 @@ def header_timeout_s() -> float:
 
 class _HeadDeadline:
     """Mixin for a uvicorn HTTP protocol: close the connection when no new request head has been
-    parsed within the deadline. uvicorn sets ``self.cycle`` when a request head is complete."""
+    parsed within the deadline. Checked against uvicorn 0.55 (h11 and httptools protocols): both set
+    ``self.cycle`` to a new ``RequestResponseCycle`` when a request head is complete, call
+    ``on_response_complete`` when an answer is sent (then start a pipelined request, if any) and
+    ``connection_lost`` when the connection ends."""
 
     _head_timer: asyncio.TimerHandle | None = None
 
@@ -71,7 +74,12 @@ class _HeadDeadline:
     def _head_deadline_passed(self, cycle: Any) -> None:
         self._head_timer = None
         transport = getattr(self, "transport", None)
-        if getattr(self, "cycle", None) is cycle and transport is not None and not transport.is_closing():
+        current = getattr(self, "cycle", None)
+        # A request in progress is never cut off here: httptools sets ``cycle`` to a pipelined request as
+        # soon as its head is parsed, so the cycle seen at arming time may be one that is still running
+        # (its end re-arms the deadline); its body has a deadline of its own (408 from the app).
+        idle = current is None or getattr(current, "response_complete", True)
+        if current is cycle and idle and transport is not None and not transport.is_closing():
             log.info("closing a connection that sent no complete request head in %gs", header_timeout_s())
             transport.close()
 

@@ -25,7 +25,7 @@ _BLOCK = (
     "lambda mu nu xi omicron pi rho sigma tau.</p><table><tr><td>{i}</td><td>cell</td><td>row</td></tr>"
     "<tr><td>x</td><td>y</td><td>z</td></tr></table><ul><li>one</li><li>two</li></ul></div>\n"
 )
-BIG_HTML = ("<html><head><title>Big</title></head><body>" + "".join(_BLOCK.format(i=i) for i in range(6500)))[
+BIG_HTML = ("<html><head><title>Big</title></head><body>" + "".join(_BLOCK.format(i=i) for i in range(7200)))[
     :2_000_000
 ] + "</body></html>"
 
@@ -33,9 +33,9 @@ BIG_HTML = ("<html><head><title>Big</title></head><body>" + "".join(_BLOCK.forma
 class _Pages:
     """A local upstream serving the big page; ``served`` is set once its bytes are written."""
 
-    def __init__(self) -> None:
+    def __init__(self, html: str = BIG_HTML) -> None:
         self.served = threading.Event()
-        page = BIG_HTML.encode()
+        page = html.encode()
         state = self
 
         class H(BaseHTTPRequestHandler):
@@ -64,11 +64,15 @@ class _Pages:
 
 
 def test_big_page_parse_does_not_stall_retrieve(tmp_path: Path, fake_web: FakeWeb) -> None:
-    assert len(BIG_HTML) > 1_900_000
+    """/retrieve is answered while a 2 MB page is being parsed. The bounds are relative to the
+    parse's own duration (measured here), so a slow or loaded machine does not make this flaky: with
+    the parse on the event loop the first /retrieve waited for the whole parse and ended with it."""
+    assert len(BIG_HTML) > 1_990_000
     pages = _Pages()
     cfg = base_config(
-        tmp_path, fake_web, cache={"enabled": False}, reader={"max_bytes": 2_500_000, "timeout_s": 30}
+        tmp_path, fake_web, cache={"enabled": False}, reader={"max_bytes": 2_500_000, "timeout_s": 60}
     )
+    cfg["limits"]["header_timeout_s"] = 1.0  # the browse runs for seconds: the head deadline must spare it
     s = Server(tmp_path, cfg).start()
     try:
         assert httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=10).status_code == 200  # warm
@@ -78,28 +82,58 @@ def test_big_page_parse_does_not_stall_retrieve(tmp_path: Path, fake_web: FakeWe
             r = httpx.post(
                 s.url + "/tools/browse_webpage",
                 json={"url_list": [pages.url], "question": "alpha"},
-                timeout=120,
+                timeout=180,
             )
             browse["status"], browse["end"] = r.status_code, time.monotonic()
 
         t = threading.Thread(target=read_page)
         t.start()
         assert pages.served.wait(30), "the handler never fetched the page"
+        served = time.monotonic()
         time.sleep(0.3)  # the page is downloaded: the handler is parsing it now
         done: list[tuple[float, float]] = []  # (latency, end) of each /retrieve sent meanwhile
-        while t.is_alive() and len(done) < 50:
+        while t.is_alive() and len(done) < 200:
             t0 = time.monotonic()
-            r = httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=60)
+            r = httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=120)
             done.append((time.monotonic() - t0, time.monotonic()))
             assert r.status_code == 200, r.text
             time.sleep(0.05)
-        t.join(120)
+        t.join(180)
         assert browse["status"] == 200
-        assert done, "the page was parsed before any /retrieve could be sent"
-        latency, end = done[0]
-        # On the event loop the first /retrieve waited for the whole parse (seconds) and ended with it
-        assert latency < 1.0 and end < browse["end"] - 0.2, (done, browse)
-        assert max(lat for lat, _ in done) < 1.5, done
+        parse_s = browse["end"] - served
+        assert parse_s > 1.5, f"the page was read in {parse_s:.2f}s: too fast for this test to mean anything"
+        during = [(lat, end) for lat, end in done if end < browse["end"]]
+        assert len(during) >= 3, (parse_s, done)
+        # each /retrieve is answered in a small part of the parse time, the first one long before it ends
+        bound = max(0.5, parse_s / 3)
+        assert max(lat for lat, _ in during) < bound, (parse_s, done)
+        assert done[0][1] < browse["end"] - bound, (parse_s, done)
+    finally:
+        s.stop()
+        pages.close()
+
+
+def test_parse_queue_is_bounded(tmp_path: Path, fake_web: FakeWeb) -> None:
+    """With one parser slot, of two big pages read at once one is parsed and the other is an error
+    page naming reader.max_parse_jobs; once the parse ends the slot is free again."""
+    pages = _Pages(BIG_HTML[:400_000] + "</body></html>")
+    cfg = base_config(
+        tmp_path,
+        fake_web,
+        cache={"enabled": False},
+        reader={"max_bytes": 2_500_000, "timeout_s": 60, "max_parse_jobs": 1},
+    )
+    s = Server(tmp_path, cfg).start()
+    try:
+        two = {"url_list": [pages.url + "?a", pages.url + "?b"], "question": "alpha"}
+        r = httpx.post(s.url + "/tools/browse_webpage", json=two, timeout=180)
+        assert r.status_code == 200, r.text
+        got = sorted(r.json()["pages"], key=lambda p: p["ok"])
+        assert [p["ok"] for p in got] == [False, True], got
+        assert "reader.max_parse_jobs" in got[0]["error"] and "Alpha beta gamma" in got[1]["text"], got
+        one = {"url_list": [pages.url + "?c"], "question": "alpha"}
+        r = httpx.post(s.url + "/tools/browse_webpage", json=one, timeout=180)
+        assert r.status_code == 200 and r.json()["pages"][0]["ok"], r.text
     finally:
         s.stop()
         pages.close()
@@ -136,7 +170,7 @@ def test_stalled_request_head_is_cut_off(quick_server: Server, sent: bytes) -> N
     with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as sock:
         sock.sendall(sent)
         waited, data = _closed_after(sock)
-    assert 0.5 < waited < 4.0 and data == b"", (waited, data)
+    assert 0.5 < waited < 8.0 and data == b"", (waited, data)
     assert httpx.post(quick_server.url + "/retrieve", json=RETRIEVE, timeout=10).status_code == 200
 
 
@@ -148,7 +182,7 @@ def test_stalled_body_is_408_and_closed(quick_server: Server) -> None:
     with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as sock:
         sock.sendall(head + b'{"queries"')  # 10 of the 100 bytes, then nothing
         waited, data = _closed_after(sock)
-    assert 0.5 < waited < 4.0, waited
+    assert 0.5 < waited < 8.0, waited
     status_line, _, rest = data.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 408"), data
     body = json.loads(rest.partition(b"\r\n\r\n")[2])
@@ -161,7 +195,7 @@ def test_idle_keep_alive_connection_is_closed(quick_server: Server) -> None:
     with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         waited, data = _closed_after(sock)
-    assert data.startswith(b"HTTP/1.1 200") and 0.5 < waited < 4.0, (waited, data[:100])
+    assert data.startswith(b"HTTP/1.1 200") and 0.5 < waited < 8.0, (waited, data[:100])
 
 
 def test_slow_but_steady_body_is_answered(quick_server: Server) -> None:
@@ -238,7 +272,8 @@ def test_timed_out_backend_work_frees_its_thread(tmp_path: Path, fake_web: FakeW
         time.sleep(0.2)
         t0 = time.monotonic()
         r = httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=20)
-        assert r.status_code == 200 and time.monotonic() - t0 < 0.5, r.text
+        # busy threads would make it wait past retrieve_timeout_s (0.5 s) into a 504
+        assert r.status_code == 200 and time.monotonic() - t0 < 5.0, r.text
     finally:
         s.stop()
 
@@ -253,14 +288,18 @@ def test_backend_queue_is_bounded_503_quickly(tmp_path: Path, fake_web: FakeWeb)
                 )
                 for i in range(2)
             ]
-            time.sleep(0.3)  # both are running (and hold their threads past their 0.5 s timeout)
+            time.sleep(1.0)  # both are running (and hold their threads for 3 s, past their 0.5 s timeout)
             t0 = time.monotonic()
             r = httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=20)
-            assert time.monotonic() - t0 < 0.3, "a full backend queue must answer at once"
+            # a queued batch would wait past retrieve_timeout_s (0.5 s) into a 504
+            assert time.monotonic() - t0 < 2.0, "a full backend queue must answer at once"
             assert r.status_code == 503 and r.json()["error"] == "busy", r.text
             assert "limits.max_backend_jobs" in r.json()["detail"] and r.headers["retry-after"] == "1"
             assert [f.result().status_code for f in stuck] == [504, 504]
-        time.sleep(3.0)  # the stuck calls end; their slots are free again
-        assert httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=20).status_code == 200
+        deadline = time.monotonic() + 30  # the stuck calls end (3 s each); their slots are free again
+        while (r := httpx.post(s.url + "/retrieve", json=RETRIEVE, timeout=20)).status_code == 503:
+            assert time.monotonic() < deadline, "the backend slots were never freed"
+            time.sleep(0.5)
+        assert r.status_code == 200, r.text
     finally:
         s.stop()
