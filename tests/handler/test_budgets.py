@@ -105,5 +105,7 @@ def test_config_keys_are_checked() -> None:
         load_config(None, {"limits.header_timeout_s": 0})
     with pytest.raises(ConfigError, match="'limits.max_backend_jobs': 0"):
         load_config(None, {"limits.max_backend_jobs": 0})
+    with pytest.raises(ConfigError, match="'reader.max_parse_jobs': 0 must be >= 1"):
+        load_config(None, {"reader.max_parse_jobs": 0})
     with pytest.raises(ConfigError, match="'cache.memory_mb'"):
         load_config(None, {"cache.memory_mb": -1})
