@@ -86,3 +86,25 @@ def test_gold_turn_credit():
         math.isnan(empty["igpo/credit_gold_turn_positive_share"])
         and empty["igpo/credit_gold_turn_count"] == 0
     )
+
+
+def test_analyze_ig_scale_decomposes_igpo_into_ig_and_outcome_parts():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "analyze_ig_scale.py"
+    spec = importlib.util.spec_from_file_location("analyze_ig_scale", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # row 0: useless search (IG 0) but right answer; row 1: useful search (IG 1) and wrong answer
+    d = mod.decompose(batch([0.0, 1.0], [1.0, 0.0]), MASK, np.array(["a", "a"], dtype=object), [1.0, 0.0])
+    z = 1 / math.sqrt(2)  # both parts are ±(0.5 / sqrt(0.5))
+    assert d["by_searches"] == {1: pytest.approx([-z, z], rel=1e-4)}
+    assert d["pushed"] == [True]  # the right rollout's first turn gets -z from IG: below GRPO's
+    assert np.mean(d["ig_abs"]) == pytest.approx(4 * z / 6, rel=1e-4)  # IG part on the 4 search tokens, 0 on answers
+    assert np.mean(d["out_abs"]) == pytest.approx(z, rel=1e-4)
+    assert (d["noise_groups"], d["groups"]) == (0, 1)
+    near_tie = mod.decompose(
+        batch([0.0, 0.01], [1.0, 1.0]), MASK, np.array(["a", "a"], dtype=object), [1.0, 1.0]
+    )
+    assert near_tie["noise_groups"] == 1 and near_tie["ig_abs"] == []  # tied outcomes: not a mixed group

@@ -101,3 +101,31 @@ def test_run_result_reads_the_metrics_log(tmp_path):
     assert np.isnan(r["credit_share"][0]) and r["test_f1"] == {"0": 0.2}
     assert r["test_f1_by_hops"] == {"0": {"3": 0.2}} and r["eval_gt"]["0"]["gain"] == 1.5
     assert np.isnan(r["eval_gt"]["0"]["turn0"])
+
+
+def test_variant_summary_and_markdown_tables():
+    def run(level: float, final: float) -> dict:
+        return {
+            "train_f1": [level] * 20,
+            "test_f1": {"0": 0.1, "20": final},
+            "eval_gt": {"0": {"gain": 1.0}, "20": {"gain": 2.0}},
+            "outcome_tie_share": [0.5] * 20,
+            "uninformative_share": [0.25] * 20,
+            "zero_adv_share": [0.0] * 20,
+            "credit_share": [float("nan")] * 10 + [0.5] * 10,
+            "tokens": [100.0] * 20,
+            "wall_s": 1.0,
+        }
+
+    runs = {"IGPO": {0: run(0.6, 0.7), 1: run(0.5, 0.5)}, "GRPO": {0: run(0.5, 0.6), 1: run(0.5, 0.6)}}
+    s = bench.variant_summary(runs)
+    a = s["arms"]["IGPO"]
+    assert a["train_f1_windows"] == {"1-10": pytest.approx(0.55), "11-20": pytest.approx(0.55)}
+    assert a["test_f1_final"] == pytest.approx(0.6) and a["credit_share"] == pytest.approx(0.5)
+    assert a["update_tokens"] == 2000 and a["eval_gt_gain_final"] == 2.0
+    assert s["paired"]["IGPO - GRPO"]["test_f1_final"]["per_seed"] == pytest.approx([0.1, -0.1])
+    md = bench.markdown({"summary": {"v": s}, "variants": {"v": ["hops=[3]"]}})
+    assert (
+        "| IGPO | 2 | 0.550 | 0.550 | 0.10 → 0.60 | 0.50 | 0.25 | 0.00 | 0.50 | 1.00 → 2.00 | 2,000 |" in md
+    )
+    assert "- IGPO - GRPO: train F1 1-10: **+0.050**" in md and "final test F1: **+0.000**" in md
