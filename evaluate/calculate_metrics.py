@@ -30,6 +30,13 @@ convention, not DeepResearcher's set-based F1 without article removal. cover-EM:
 alias occurs, on word boundaries, in the normalized prediction. ``format_ok`` is the share of responses
 that pass the full turn-grammar check (``igpo.answer.check_format``); ``--strict-format`` scores
 responses that fail it 0, as the training reward does.
+
+The official release's ``rollout_step_0.json`` (a list of ``{idx, question, message_str}``) is scored
+too, given its test parquet: ``--release-parquet data/test.parquet``. ``idx`` is the parquet row,
+which gives ``data_source`` and ``reward_model.ground_truth``; the prediction is the last ``<answer>``
+in the model's part of ``message_str`` (after the first ``<|im_start|>assistant``); each question must
+match its row's. Such files have no turn grammar to check (``format_ok`` is ``-``) and ``turns`` is
+unknown; ``tool_calls`` counts ``<tool_call>`` tags.
 """
 
 from __future__ import annotations
@@ -47,8 +54,21 @@ if str(_ROOT) not in sys.path:  # run as a script: make `igpo` and `evaluate` im
     sys.path.insert(0, str(_ROOT))
 
 from evaluate.judge import JudgeError, LLMJudge  # noqa: E402
-from igpo.answer import check_format, cover_exact_match, exact_match, extract_answer, f1_score  # noqa: E402
-from igpo.rollout_io import RolloutError, latest_rollout, read_rollouts, score_path  # noqa: E402
+from igpo.answer import (  # noqa: E402
+    as_gold_list,
+    check_format,
+    cover_exact_match,
+    exact_match,
+    extract_answer,
+    f1_score,
+)
+from igpo.rollout_io import (  # noqa: E402
+    RolloutError,
+    latest_rollout,
+    read_rollouts,
+    score_path,
+    validate_record,
+)
 
 EVALUATE_DIR = Path(__file__).resolve().parent
 
@@ -260,11 +280,151 @@ def resolve_paths(target: str, out: str | None) -> tuple[Path, Path]:
     return p, Path(out) if out else score_path(p)
 
 
+# ------------------------------------------------------------------------- the official release's file
+_RELEASE_KEYS = {"idx", "question", "message_str"}
+_ASSISTANT_MARK = "<|im_start|>assistant"
+
+
+def is_release_rollout(data: Any) -> bool:
+    """True for the official release's ``rollout_step_0.json``: a list of ``{idx, question, message_str}``
+    without ``data_source``/``ground_truth`` (those are in the test parquet)."""
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and isinstance(data[0], Mapping)
+        and _RELEASE_KEYS <= set(data[0])
+        and "ground_truth" not in data[0]
+    )
+
+
+def assistant_text(message_str: str, question: str = "") -> str:
+    """The model's part of a whole conversation: after the first assistant turn marker (Qwen chat
+    template), else after the question, else all of it. The system prompt's own ``<answer>`` example
+    must not count as a prediction."""
+    at = message_str.find(_ASSISTANT_MARK)
+    if at >= 0:
+        return message_str[at + len(_ASSISTANT_MARK) :]
+    q = question.strip()
+    at = message_str.find(q) if q else -1
+    return message_str[at + len(q) :] if at >= 0 else message_str
+
+
+def _squash(text: str) -> str:
+    return " ".join(str(text).split()).casefold()
+
+
+def _parquet_question(row: Mapping[str, Any]) -> str | None:
+    """The question of a test-parquet row: ``question``, ``extra_info.question`` or the last user message."""
+    if isinstance(row.get("question"), str) and row["question"].strip():
+        return row["question"]
+    extra = row.get("extra_info")
+    if isinstance(extra, Mapping) and isinstance(extra.get("question"), str) and extra["question"].strip():
+        return extra["question"]
+    prompt = row.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        users = [m.get("content") for m in list(prompt) if isinstance(m, Mapping) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    return None
+
+
+def release_records(data: Sequence[Any], rollout: Path, parquet: str | Path) -> list[dict[str, Any]]:
+    """Rollout records from the release's ``{idx, question, message_str}`` list and its test parquet.
+
+    ``idx`` is the row number in the parquet, which gives ``data_source`` and
+    ``reward_model.ground_truth``; the prediction is the last ``<answer>`` of the model's text. The
+    record's question must match the row's (the parquet's may hold it inside the prompt), else the
+    parquet is not the one the rollout was made from: ``RolloutError`` naming the idx."""
+    import pandas as pd
+
+    parquet = Path(parquet)
+    if not parquet.is_file():
+        raise RolloutError(f"--release-parquet {parquet}: no such file")
+    try:
+        table = pd.read_parquet(parquet)
+    except Exception as e:  # pyarrow raises its own error types for a file that is not parquet
+        raise RolloutError(f"--release-parquet {parquet}: cannot read it as parquet ({e})") from None
+    for col in ("data_source", "reward_model"):
+        if col not in table.columns:
+            raise RolloutError(
+                f"--release-parquet {parquet}: no column {col!r}; columns: {list(table.columns)}"
+            )
+    rows = table.to_dict("records")
+    records: list[dict[str, Any]] = []
+    mismatched: list[str] = []
+    for i, item in enumerate(data):
+        where = f"{rollout}, record {i}"
+        if not isinstance(item, Mapping) or not _RELEASE_KEYS <= set(item):
+            raise RolloutError(f"{where}: expected an object with {sorted(_RELEASE_KEYS)}, got {item!r:.80}")
+        idx, question, message = item["idx"], item["question"], item["message_str"]
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < len(rows):
+            raise RolloutError(
+                f"{where}: field 'idx' must be a row number 0..{len(rows) - 1} of {parquet}, got {idx!r}"
+            )
+        if not isinstance(question, str) or not isinstance(message, str):
+            raise RolloutError(f"{where}: fields 'question' and 'message_str' must be strings")
+        row = rows[idx]
+        gold = row["reward_model"].get("ground_truth") if isinstance(row["reward_model"], Mapping) else None
+        try:
+            golds = as_gold_list(gold)
+        except ValueError as e:
+            raise RolloutError(f"{parquet}, row {idx}: field 'reward_model.ground_truth': {e}") from None
+        expected = _parquet_question(row)
+        if expected is not None and _squash(question) not in _squash(expected):
+            mismatched.append(f"idx {idx}: rollout {question!r:.60}, parquet {expected!r:.60}")
+        text = assistant_text(message, question)
+        rec = {
+            "idx": idx,
+            "data_source": row["data_source"],
+            "question": question,
+            "ground_truth": golds,
+            "prediction": extract_answer(text),
+            "turns": None,
+            "tool_calls": text.count("<tool_call>"),
+        }
+        records.append(validate_record(rec, where=f"{where} (idx {idx})", strict=False))
+    if mismatched:
+        raise RolloutError(
+            f"{len(mismatched)} question(s) of {rollout} differ from row idx of {parquet} (is it the test "
+            f"parquet this rollout was made from?): " + "; ".join(mismatched[:3])
+        )
+    return records
+
+
+def load_records(rollout: Path, release_parquet: str | None) -> list[dict[str, Any]]:
+    """Records of a rollout file: ours, or the official release's (which needs its test parquet)."""
+    data = None
+    if rollout.suffix == ".json":
+        try:
+            data = json.loads(rollout.read_text(encoding="utf-8"))
+        except (ValueError, OSError):
+            data = None  # read_rollouts reports the error (or reads JSON lines)
+    if is_release_rollout(data):
+        if not release_parquet:
+            raise RolloutError(
+                f"{rollout} is the official release's rollout format ({{idx, question, message_str}}): its "
+                "data sources and answers are in the test parquet; pass it with --release-parquet PATH"
+            )
+        return release_records(data, rollout, release_parquet)
+    if release_parquet:
+        raise RolloutError(
+            f"--release-parquet is only for the release's {{idx, question, message_str}} files; {rollout} "
+            "is not one"
+        )
+    return read_rollouts(rollout)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("target", help="rollout JSON, a rollout folder (latest step), or an experiment name")
     p.add_argument("--out", help="score JSON path (default: score_step_K.json beside the rollout folder)")
     p.add_argument("--strict-format", action="store_true", help="score responses failing the turn grammar 0")
+    p.add_argument(
+        "--release-parquet",
+        default=None,
+        help="test parquet giving data_source and ground truth (by row = idx) for a rollout file of the "
+        "official release ({idx, question, message_str})",
+    )
     p.add_argument("--judge", action="store_true", help="add LLM-as-judge accuracy")
     p.add_argument(
         "--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1"
@@ -286,7 +446,7 @@ def run(argv: Sequence[str] | None = None) -> tuple[dict[str, Any], Path]:
     """Score the target; write the score JSON; return (scores, score path)."""
     args = _parser().parse_args(argv)
     rollout, out = resolve_paths(args.target, args.out)
-    records = read_rollouts(rollout)
+    records = load_records(rollout, args.release_parquet)
     verdicts = None
     if args.judge:
         url = args.judge_url or os.environ.get("JUDGE_BASE_URL")

@@ -7,10 +7,15 @@ Every failure is an explicit HTTP error with a JSON body ``{"error": kind, "deta
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import ipaddress
 import json
 import logging
 import os
 import re
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 from handler.backends.web import WebSearch, format_web_results
 from handler.cache import Cache, cache_key, normalize_query
 from handler.config import HandlerConfig, load_config
-from handler.errors import BackendFailure, BackendTimeout, BadInput, HandlerError, Unavailable
+from handler.errors import BackendFailure, BackendTimeout, BadInput, Forbidden, HandlerError, Unavailable
+from handler.hostcheck import HostCheck, host_name
 from handler.reader import Reader
 from handler.redact import install_log_redaction, redact, watch_config
 from handler.schema import (
@@ -156,9 +162,27 @@ def clip_query(q: str, max_tokens: int, max_chars: int) -> str:
     return q
 
 
+def is_json_type(ctype: str | None) -> bool:
+    """Whether a Content-Type header says JSON (``application/json``, parameters such as charset allowed)."""
+    return ctype is not None and ctype.split(";", 1)[0].strip().lower() == "application/json"
+
+
 async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Parse a JSON body whatever its content type: 400 for malformed JSON, 422 naming bad fields,
-    413 when the (possibly chunked) body grows past ``max_bytes``."""
+    """Parse a JSON body: 415 unless the content type is ``application/json``, 400 for malformed JSON,
+    422 naming bad fields, 413 when the (possibly chunked) body grows past ``max_bytes``.
+
+    The content type is required because a web page can POST ``text/plain`` to any address without
+    the browser asking first; ``application/json`` makes the browser ask (CORS preflight), and the
+    handler never says yes."""
+    ctype = request.headers.get("content-type")
+    if not is_json_type(ctype):
+        got = "no Content-Type header" if ctype is None else f"header Content-Type: {ctype[:80]!r}"
+        raise HandlerError(
+            f"{got}; send the body as JSON with Content-Type: application/json "
+            "(requests.post(url, json=...) and httpx.post(url, json=...) do)",
+            status=415,
+            kind="unsupported_media_type",
+        )
     buf = bytearray()
     async for chunk in request.stream():
         buf += chunk
@@ -220,19 +244,74 @@ def _clean_strings(data: Any) -> Any:
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def _error(status: int, kind: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers={"x-error-kind": kind})
+def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": kind, "detail": detail},
+        status_code=status,
+        headers={"x-error-kind": kind, **(headers or {})},
+    )
+
+
+class BodyTimeout(HandlerError):
+    """The client sent the request head but not the whole body in time (408; the connection is closed)."""
+
+    status = 408
+    kind = "body_timeout"
+
+
+async def _receive_within(receive: Any, seconds: float) -> Any:
+    """``await receive()``, raising TimeoutError after ``seconds``."""
+    if sys.version_info >= (3, 11):  # no task per call
+        async with asyncio.timeout(max(seconds, 0.0)):
+            return await receive()
+    return await asyncio.wait_for(receive(), max(seconds, 0.0))
 
 
 class _Observe:
     """Plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task and a memory stream per
-    request): refuses a declared body over the limit (413), answers an unhandled error with a JSON 500,
-    and records request count, latency and error kind per endpoint."""
+    request): refuses a Host header that does not name the handler (421), a declared body over the
+    limit (413) and a body that does not arrive within ``limits.body_timeout_s`` (408), answers an
+    unhandled error with a JSON 500, and records request count, latency and error kind per endpoint."""
 
     def __init__(self, app: Any, cfg: HandlerConfig, metrics: Metrics):
         self.app = app
         self.limit = cfg.limits.max_body_bytes
+        self.body_timeout = cfg.limits.body_timeout_s
+        self.hosts = HostCheck(cfg.host, cfg.allowed_hosts)
         self.metrics = metrics
+
+    def _bad_host(self, host: str) -> JSONResponse:
+        name = host_name(host)[:100]
+        return _error(
+            421,
+            "bad_host",
+            f"header Host: {host[:100]!r} does not name this handler (accepted: {self.hosts.describe()}); "
+            f"if clients reach the handler as {name!r}, add it to allowed_hosts in the config "
+            f"or start it with --allowed-host {name}",
+        )
+
+    def _timed(self, receive: Any) -> Any:
+        """``receive`` with a deadline on the request body (408 when it passes); later messages (the
+        client disconnecting) are awaited without one."""
+        deadline = time.monotonic() + self.body_timeout
+        done = False
+
+        async def timed_receive() -> Any:
+            nonlocal done
+            if done:
+                return await receive()
+            try:
+                message = await _receive_within(receive, deadline - time.monotonic())
+            except (TimeoutError, asyncio.TimeoutError):
+                done = True
+                raise BodyTimeout(
+                    f"the request body did not arrive within limits.body_timeout_s ({self.body_timeout:g}s)"
+                ) from None
+            if message.get("type") != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        return timed_receive
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -252,8 +331,15 @@ class _Observe:
                         kind = value.decode("latin-1")
             await send(message)
 
-        length = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"content-length"), None)
-        if length is not None and not _DIGITS.fullmatch(length):
+        length = host = None
+        for n, v in scope["headers"]:
+            if n == b"content-length":
+                length = v.decode("latin-1")
+            elif n == b"host":
+                host = v.decode("latin-1")
+        if not self.hosts.allows(host):
+            await self._bad_host(host or "")(scope, receive, observed_send)
+        elif length is not None and not _DIGITS.fullmatch(length):
             await _error(400, "bad_request", f"header Content-Length: {length[:40]!r} is not a number")(
                 scope, receive, observed_send
             )
@@ -265,7 +351,7 @@ class _Observe:
             )(scope, receive, observed_send)
         else:
             try:
-                await self.app(scope, receive, observed_send)
+                await self.app(scope, self._timed(receive), observed_send)
             except Exception:  # a bug: answer 500 and keep serving
                 log.exception("unhandled error on %s", path)
                 if started:
@@ -289,6 +375,8 @@ class State:
         self.started = time.time()
         self.cache: Cache | None = None
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
+        self.backend_jobs = 0  # /retrieve batches running or waiting in the executor (threads included
+        self.jobs_lock = threading.Lock()  # that outlive their request's timeout)
         self.http: httpx.AsyncClient | None = None
         self.web: WebSearch | None = None
         self.reader: Reader | None = None
@@ -312,7 +400,12 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if cfg.cache.enabled:
-            st.cache = Cache(default_cache_path(cfg), cfg.cache.ttl_s)
+            st.cache = Cache(
+                default_cache_path(cfg),
+                cfg.cache.ttl_s,
+                memory_entries=cfg.cache.memory_entries,
+                memory_bytes=int(cfg.cache.memory_mb * 1_000_000),
+            )
         st.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16), trust_env=False
         )
@@ -334,18 +427,50 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
 
     @app.exception_handler(HandlerError)
     async def _on_handler_error(request: Request, exc: HandlerError) -> JSONResponse:
-        return _error(exc.status, exc.kind, redact(exc.message))
+        headers = {}
+        if exc.status == 408:  # the rest of the body may still come: the connection cannot be reused
+            headers["connection"] = "close"
+        elif exc.kind == "busy":
+            headers["retry-after"] = "1"
+        return _error(exc.status, exc.kind, redact(exc.message), headers)
 
     app.add_middleware(_Observe, cfg=cfg, metrics=metrics)
 
     # -- helpers
+    def _release_job(_: Any) -> None:
+        with st.jobs_lock:
+            st.backend_jobs -= 1
+
     async def run_backend(fn: Any, *args: Any) -> Any:
-        """Run a blocking backend call with the retrieve timeout; a timeout is a 504, a crash a 502."""
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(st.executor, fn, *args)
+        """Run a blocking backend call with the retrieve timeout; a timeout is a 504, a crash a 502.
+
+        At most ``limits.max_backend_jobs`` calls run or wait for a thread; one more is a quick 503.
+        On a timeout a waiting call is dropped and a running one is told to stop (backends whose
+        search takes ``stop`` check it between queries), so its thread is soon free again."""
+        limit = cfg.limits.max_backend_jobs
+        with st.jobs_lock:
+            busy = st.backend_jobs >= limit
+            if not busy:
+                st.backend_jobs += 1
+        if busy:
+            raise Unavailable(
+                f"the {cfg.backend} backend is busy: {limit} batches are running or waiting "
+                "(limits.max_backend_jobs); retry in a moment",
+                kind="busy",
+            )
+        stop = threading.Event()
+        kwargs = {"stop": stop} if _takes_stop(getattr(fn, "__func__", fn)) else {}
         try:
-            return await asyncio.wait_for(fut, cfg.retrieve_timeout_s)
-        except TimeoutError:
+            cfut = st.executor.submit(fn, *args, **kwargs)
+        except BaseException:
+            _release_job(None)
+            raise
+        cfut.add_done_callback(_release_job)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(cfut), cfg.retrieve_timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            stop.set()
+            cfut.cancel()  # a call still waiting for a thread never starts
             raise BackendTimeout(
                 f"{cfg.backend} backend did not answer within {cfg.retrieve_timeout_s:g}s"
             ) from None
@@ -398,7 +523,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         openapi_extra=request_body(bodies["retrieve"]),
         responses={
             200: {"model": RetrieveResponse, "description": "Ranked passages per query"},
-            **error_responses(400, 413, 422, 502, 503, 504),
+            **error_responses(400, 408, 413, 415, 421, 422, 502, 503, 504),
         },
     )
     async def retrieve(request: Request) -> Response:
@@ -474,7 +599,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         openapi_extra=request_body(bodies["web_search"]),
         responses={
             200: {"model": WebSearchResponse, "description": "Search results as text and as hits"},
-            **error_responses(400, 413, 422, 502, 503, 504),
+            **error_responses(400, 408, 413, 415, 421, 422, 502, 503, 504),
         },
     )
     async def web_search(request: Request) -> dict[str, Any]:
@@ -514,7 +639,7 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
         openapi_extra=request_body(bodies["browse"]),
         responses={
             200: {"model": BrowseResponse, "description": "What each page says about the question"},
-            **error_responses(400, 403, 413, 422, 502, 503, 504),
+            **error_responses(400, 403, 408, 413, 415, 421, 422, 502, 503, 504),
         },
     )
     async def browse_webpage(request: Request) -> dict[str, Any]:
@@ -551,14 +676,36 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
             "pages": [{"url": p.url, "ok": p.ok, "text": p.text, "error": redact(p.error)} for p in pages],
         }
 
-    @app.get("/health", response_model=None, responses={200: {"model": HealthResponse, "description": "Up"}})
-    async def health() -> dict[str, Any]:
-        """Liveness plus facts: backend, corpus size, index age, cache stats, web configuration."""
-        info: dict[str, Any] = {"status": "ok", "backend": cfg.backend, "corpus_size": 0, "pid": os.getpid()}
+    @app.get(
+        "/health",
+        response_model=None,
+        responses={200: {"model": HealthResponse, "description": "Up"}, **error_responses(403, 421, 422)},
+    )
+    async def health(
+        request: Request,
+        verbose: bool = Query(
+            False,
+            description="Also give the process id and file paths (index, cache); loopback clients only",
+        ),
+    ) -> dict[str, Any]:
+        """Liveness plus facts: backend, corpus size, index age, cache stats, web configuration.
+        No file paths or process id unless ``?verbose=1`` comes from a loopback client."""
+        if verbose and not _is_loopback(request.client.host if request.client else ""):
+            raise Forbidden(
+                "query parameter 'verbose' (process id and file paths) is only answered to loopback "
+                "clients; ask from the handler's machine, e.g. curl 'http://127.0.0.1:PORT/health?verbose=1'"
+            )
+        info: dict[str, Any] = {"status": "ok", "backend": cfg.backend, "corpus_size": 0}
+        if verbose:
+            info["pid"] = os.getpid()
         if st.retriever is not None:
-            info.update(st.retriever.info())
+            facts = st.retriever.info()
+            info.update(facts if verbose else {k: v for k, v in facts.items() if k not in PATH_FACTS})
         info["uptime_s"] = round(time.time() - st.started, 1)
-        info["cache"] = st.cache.stats() if st.cache else {"enabled": False}
+        cache_stats = st.cache.stats() if st.cache else {"enabled": False}
+        if not verbose:
+            cache_stats.pop("path", None)
+        info["cache"] = cache_stats
         info["web"] = {
             "enabled": cfg.web_enabled,
             "engine": cfg.web.engine,
@@ -570,13 +717,33 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     @app.get(
         "/metrics",
         response_class=PlainTextResponse,
-        responses={200: {"description": "Prometheus text exposition format"}},
+        responses={200: {"description": "Prometheus text exposition format"}, **error_responses(421)},
     )
     async def prom() -> Response:
         """Prometheus text exposition of this process's metrics."""
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_stop(func: Any) -> bool:
+    """Whether a backend search function accepts ``stop`` (a threading.Event set on timeout)."""
+    try:
+        return "stop" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+#: /health facts that name files; only in ``/health?verbose=1`` from a loopback client
+PATH_FACTS = frozenset({"index_dir", "corpus", "path", "model_path"})
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def app_from_env() -> FastAPI:

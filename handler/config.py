@@ -35,6 +35,13 @@ class LimitsConfig:
     max_url_chars: int = 2048
     max_question_chars: int = 4096
     max_body_bytes: int = 16_000_000  # 4,096 queries of 2,048 characters (plus JSON escapes) fit
+    # Connections: a client that stalls is cut off instead of holding a connection (and a task) forever
+    header_timeout_s: float = 10.0  # from connecting (or the previous answer) to a complete request head
+    body_timeout_s: float = 30.0  # from the request head to the last byte of the body; then 408
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this long
+    # Backend work: at most this many /retrieve batches running or waiting for a worker thread; more is
+    # a quick 503 (a timed-out batch stops at its next query and frees its thread)
+    max_backend_jobs: int = 32
 
 
 @dataclass
@@ -99,6 +106,9 @@ class ReaderConfig:
     max_retries: int = 1
     backoff_s: float = 0.5
     max_chars_per_page: int = 4000  # text returned per page when no LLM is configured
+    # Pages parsed (HTML -> text) or waiting for a parser thread; one more is answered as an error page
+    # at once, so many large pages cannot queue without bound (each waiting page holds its bytes)
+    max_parse_jobs: int = 8
     user_agent: str = "IGPO-handler/0.1 (+https://github.com/)"
     # Hosts or CIDRs allowed even though they resolve to loopback/private/link-local addresses.
     allow_hosts: list[str] = field(default_factory=list)
@@ -113,6 +123,8 @@ class CacheConfig:
     path: str = ""  # empty = <index dir>/cache.sqlite (or ./handler_cache.sqlite)
     ttl_s: float = 7 * 24 * 3600.0
     web_ttl_s: float = 24 * 3600.0
+    memory_entries: int = 8192  # recent answers also kept in memory per process, at most this many ...
+    memory_mb: float = 64.0  # ... and at most this many megabytes (keys and values, approximately)
 
 
 @dataclass
@@ -121,6 +133,9 @@ class HandlerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # Host header names (or IP literals) accepted besides loopback and the bind address; "*" = any.
+    # Guards against DNS rebinding: a web page whose name resolves to this machine sends its own name.
+    allowed_hosts: list[str] = field(default_factory=list)
     workers: int = 1
     backend: str = "bm25"  # bm25 | dense | none
     corpus: str = ""  # JSON lines; empty = the bundled sample corpus
@@ -196,6 +211,23 @@ def validate(cfg: HandlerConfig) -> HandlerConfig:
         raise ConfigError(f"config key 'port': {cfg.port} is not a TCP port")
     if cfg.workers < 1:
         raise ConfigError(f"config key 'workers': {cfg.workers} must be >= 1")
+    for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
+        if not getattr(lim, key) > 0:
+            raise ConfigError(f"config key 'limits.{key}': {getattr(lim, key):g} must be > 0")
+    if lim.max_backend_jobs < 1:
+        raise ConfigError(f"config key 'limits.max_backend_jobs': {lim.max_backend_jobs} must be >= 1")
+    if cfg.reader.max_parse_jobs < 1:
+        raise ConfigError(f"config key 'reader.max_parse_jobs': {cfg.reader.max_parse_jobs} must be >= 1")
+    if cfg.cache.memory_entries < 0 or not cfg.cache.memory_mb >= 0:
+        raise ConfigError(
+            f"config keys 'cache.memory_entries' ({cfg.cache.memory_entries}) and 'cache.memory_mb' "
+            f"({cfg.cache.memory_mb:g}) must be >= 0"
+        )
+    for h in cfg.allowed_hosts:
+        if not h.strip() or any(c in h for c in "/ \t@"):
+            raise ConfigError(
+                f"config key 'allowed_hosts': {h!r} is not a host name or IP address (no scheme, path or port)"
+            )
     if not cfg.retrieve_timeout_s > 0:
         raise ConfigError(f"config key 'retrieve_timeout_s': {cfg.retrieve_timeout_s:g} must be > 0")
     return cfg

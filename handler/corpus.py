@@ -23,8 +23,15 @@ def iter_corpus(path: str | Path) -> Iterator[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"corpus file {str(path)!r} does not exist")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CorpusError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                    "re-encode the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -59,13 +66,25 @@ def split_title(contents: str) -> tuple[str, str]:
 class DocStore:
     """Documents as two memory-mapped byte blobs with offsets: O(1) lookup, near-zero load time."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, corpus: str | Path | None = None):
+        """Map the store of an index directory; ``IndexDamaged`` names a missing, garbage or truncated
+        file (``corpus``, if known, goes into the suggested rebuild command)."""
+        from handler.index_files import check_offsets, damaged, load_npy
+
         d = Path(directory)
         # Plain ndarray/memoryview views of the memory maps (np.memmap slicing runs Python code).
-        self._contents = memoryview(np.asarray(np.load(d / "docs_contents.npy", mmap_mode="r")))
-        self._contents_off = np.asarray(np.load(d / "docs_contents_off.npy", mmap_mode="r"))
-        self._ids = memoryview(np.asarray(np.load(d / "docs_ids.npy", mmap_mode="r")))
-        self._ids_off = np.asarray(np.load(d / "docs_ids_off.npy", mmap_mode="r"))
+        blobs = {}
+        for name in ("contents", "ids"):
+            blob, off = load_npy(d / f"docs_{name}.npy", corpus), load_npy(d / f"docs_{name}_off.npy", corpus)
+            if blob.dtype != np.uint8 or blob.ndim != 1:
+                raise damaged(d / f"docs_{name}.npy", f"holds {blob.dtype} {blob.shape}, not bytes", corpus)
+            check_offsets(d / f"docs_{name}_off.npy", off, len(blob), corpus)
+            blobs[name] = (memoryview(blob), off)
+        (self._contents, self._contents_off), (self._ids, self._ids_off) = blobs["contents"], blobs["ids"]
+        if len(self._ids_off) != len(self._contents_off):
+            raise damaged(
+                d / "docs_ids_off.npy", "has a different document count than docs_contents_off.npy", corpus
+            )
 
     def __len__(self) -> int:
         return len(self._contents_off) - 1
@@ -129,14 +148,23 @@ class Tokenizer:
         else:
             self._stem = None
         self._cache: dict[str, str | None] = {}
+        self._cache_bytes = 0
+
+    #: Bounds of the word cache (entries, approximate bytes): once either is reached, new words are
+    #: stemmed each time instead of cached (query words are model-written: unbounded in number)
+    CACHE_ENTRIES = 2_000_000
+    CACHE_BYTES = 256_000_000
+    CACHE_ENTRY_OVERHEAD = 150  # dict slot and two str objects, besides the characters
 
     def word(self, w: str) -> str | None:
         """Normalized token for one lowercase word, or None for a stopword."""
         t = self._cache.get(w, "")
         if t == "":
             t = None if w in self._stopwords else (self._stem(w) if self._stem else w)
-            if len(self._cache) < 2_000_000:
+            cost = len(w) + len(t or "") + self.CACHE_ENTRY_OVERHEAD
+            if len(self._cache) < self.CACHE_ENTRIES and self._cache_bytes + cost <= self.CACHE_BYTES:
                 self._cache[w] = t
+                self._cache_bytes += cost
         return t
 
     def ids(self, text: str, vocab: dict[str, int], word_ids: dict[str, int]) -> list[int]:

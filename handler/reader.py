@@ -12,6 +12,9 @@ import ipaddress
 import logging
 import re
 import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -230,21 +233,61 @@ def pick_passages(text: str, question: str, max_chars: int) -> str:
     return out[:max_chars]
 
 
+class ParserBusy(Exception):
+    """Every parser slot (``reader.max_parse_jobs``) is taken: the page is answered as an error."""
+
+
 class Reader:
-    """Fetches pages and turns them into text about a question."""
+    """Fetches pages and turns them into text about a question.
+
+    HTML -> text (seconds for a 2 MB page) runs on ``PARSE_THREADS`` threads of its own, off the event
+    loop, so other requests (``/retrieve``) are answered meanwhile. At most ``reader.max_parse_jobs``
+    pages are parsed or wait for a thread (a waiting page holds its bytes); a page past that is an
+    error page at once instead of a queue that grows without bound."""
+
+    PARSE_THREADS = 2
 
     def __init__(self, cfg: ReaderConfig, client: httpx.AsyncClient):
         self.cfg = cfg
         self.client = client  # the reader LLM's endpoint (configured, trusted)
         self.pages = pinned_client()  # model-written URLs: connections pinned to checked addresses
         self.guard = UrlGuard(cfg.allow_hosts)
+        self.parser = ThreadPoolExecutor(max_workers=self.PARSE_THREADS, thread_name_prefix="html2text")
+        self.parse_jobs = 0  # running or waiting in self.parser (a running job whose request is gone too)
+        self.parse_lock = threading.Lock()
 
     async def aclose(self) -> None:
-        """Close the page client's connections."""
+        """Close the page client's connections and stop the parser threads."""
         await self.pages.aclose()
+        self.parser.shutdown(wait=False, cancel_futures=True)
 
     def llm_configured(self) -> bool:
         return bool(self.cfg.llm.base_url)
+
+    def _parse_done(self, _: Future | None) -> None:
+        with self.parse_lock:
+            self.parse_jobs -= 1
+
+    async def _off_loop(self, fn: Callable[..., str], *args: Any) -> str:
+        """``fn(*args)`` on a parser thread; ParserBusy when ``reader.max_parse_jobs`` are taken. The slot
+        is held until the call ends, even when the request that asked for it is gone."""
+        limit = self.cfg.max_parse_jobs
+        with self.parse_lock:
+            busy = self.parse_jobs >= limit
+            if not busy:
+                self.parse_jobs += 1
+        if busy:
+            raise ParserBusy(
+                f"the handler is busy parsing other pages (reader.max_parse_jobs: {limit} being parsed or "
+                "waiting); try again in a moment"
+            )
+        try:
+            cfut = self.parser.submit(fn, *args)
+        except BaseException:
+            self._parse_done(None)
+            raise
+        cfut.add_done_callback(self._parse_done)
+        return await asyncio.wrap_future(cfut)  # cancelled with its request: a waiting job never starts
 
     async def fetch(self, url: str, field: str) -> tuple[str, str]:
         """Return (final URL, text) of a page; raise Forbidden, or LookupError/ValueError with a reason."""
@@ -292,12 +335,9 @@ class Reader:
                 raise ValueError(f"{type(e).__name__}: {e}"[:200]) from None
             if truncated:
                 log.info("page %s truncated at %d bytes", cur[:200], self.cfg.max_bytes)
-            text = (
-                html_to_text(raw, cur)
-                if ("html" in ctype or (not ctype and "<html" in raw[:2000].lower()))
-                else raw
-            )
-            return cur, text
+            if "html" in ctype or (not ctype and "<html" in raw[:2000].lower()):
+                return cur, await self._off_loop(html_to_text, raw, cur)
+            return cur, raw
         raise ValueError(f"more than {self.cfg.max_redirects} redirects")
 
     async def _ask_llm(self, chunk: str, question: str, url: str) -> str:
@@ -337,12 +377,20 @@ class Reader:
             final, text = await self.fetch(url, field)
         except (Forbidden, BadInput):
             raise
+        except ParserBusy as e:
+            return Page(url, False, error=str(e))
         except (LookupError, ValueError, TimeoutError, OSError) as e:
             return Page(url, False, error=f"could not fetch the page: {e}")
         if not text.strip():
             return Page(url, False, error="the page has no readable text")
         if not self.llm_configured():
-            return Page(url, True, pick_passages(text, question, self.cfg.max_chars_per_page))
+            if len(text) <= self.cfg.max_chars_per_page:
+                return Page(url, True, text)
+            try:  # scoring every paragraph of a long page: off the loop too
+                picked = await self._off_loop(pick_passages, text, question, self.cfg.max_chars_per_page)
+            except ParserBusy as e:
+                return Page(url, False, error=str(e))
+            return Page(url, True, picked)
         size = self.cfg.llm.chunk_chars
         chunks = [text[i : i + size] for i in range(0, len(text), size)][: self.cfg.llm.max_chunks]
         notes = []

@@ -34,13 +34,24 @@ ERRORS: dict[int, tuple[str, str]] = {
         "bad_json",
         "The body is empty, not valid JSON or nested too deeply (or Content-Length is not a number)",
     ),
-    403: ("forbidden", "A URL points at a loopback, private, link-local or metadata address"),
+    403: (
+        "forbidden",
+        "A URL points at a loopback, private, link-local or metadata address "
+        "(/health: verbose=1 asked by a client that is not on loopback)",
+    ),
+    408: ("body_timeout", "The body did not arrive within limits.body_timeout_s (the connection is closed)"),
     413: ("too_large", "The body is over limits.max_body_bytes"),
+    415: ("unsupported_media_type", "The body's Content-Type is not application/json"),
+    421: (
+        "bad_host",
+        "The Host header is not loopback, the bind address or in allowed_hosts (DNS-rebinding guard)",
+    ),
     422: ("bad_input", "A field is missing, of the wrong type or out of bounds (the detail names it)"),
     502: ("backend_error", "The backend (index, search API, page reader) failed after bounded retries"),
     503: (
-        "unavailable",
-        "The feature is not configured (no retrieval backend, web tools disabled or no key)",
+        "unavailable | busy",
+        "The feature is not configured (no retrieval backend, web tools disabled or no key), or the "
+        "backend already has limits.max_backend_jobs batches running or waiting (busy, Retry-After: 1)",
     ),
     504: ("backend_timeout", "The backend did not answer in time"),
 }
@@ -52,7 +63,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         s: {
             "model": ErrorBody,
             "description": f"{ERRORS[s][1]} (error: {ERRORS[s][0]})",
-            "content": {"application/json": {"example": {"error": ERRORS[s][0], "detail": "..."}}},
+            "content": {
+                "application/json": {"example": {"error": ERRORS[s][0].split(" | ")[0], "detail": "..."}}
+            },
             "headers": {
                 "x-error-kind": {"description": "The error kind again", "schema": {"type": "string"}}
             },
@@ -119,13 +132,14 @@ class BrowseResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    """Liveness and facts about the service (the backend adds its own, e.g. index_dir, vocab_size)."""
+    """Liveness and facts about the service (the backend adds its own, e.g. vocab_size). File paths
+    (index_dir, cache.path) and the pid only with ``?verbose=1`` from a loopback client."""
 
     model_config = ConfigDict(extra="allow")
     status: str
     backend: str
     corpus_size: int
-    pid: int
+    pid: int | None = Field(None, description="Only with ?verbose=1 from a loopback client")
     uptime_s: float
     cache: dict[str, Any]
     web: dict[str, Any]

@@ -504,3 +504,131 @@ def test_cli_with_judge(server, tmp_path, capsys, monkeypatch):
     assert len(server.requests) == n
     assert cm.main([str(p), "--judge"]) == 2
     assert "--judge-url" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the official release's rollout file
+def _chat(system: str, user: str, *assistant_and_tools: str) -> str:
+    """A whole conversation in Qwen's chat template, as the release's ``message_str``."""
+    text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+    for k, part in enumerate(assistant_and_tools):
+        role = "assistant" if k % 2 == 0 else "user"
+        text += f"<|im_start|>{role}\n{part}<|im_end|>\n"
+    return text
+
+
+def _release_files(tmp_path: Path) -> tuple[Path, Path]:
+    import pandas as pd
+
+    def row(source: str, golds, question: str, in_extra: bool = True) -> dict:
+        return {
+            "data_source": source,
+            "prompt": [
+                {"role": "system", "content": "You are a search agent."},
+                {"role": "user", "content": f"Answer the question. Question: {question}"},
+            ],
+            "reward_model": {"style": "rule", "ground_truth": golds},
+            "extra_info": {"index": 0, "question": question if in_extra else ""},
+        }
+
+    parquet = tmp_path / "test.parquet"
+    pd.DataFrame(
+        [
+            row("nq", {"target": ["Paris"]}, "What is the capital of France?"),
+            row("hotpotqa", {"target": ["Barack Obama", "Obama"]}, "Who was the 44th US president?"),
+            row(
+                "nq", {"target": ["blue whale"]}, "Largest animal?", in_extra=False
+            ),  # question in the prompt
+            row("nq", {"target": ["Mount Everest"]}, "Highest mountain?"),
+        ]
+    ).to_parquet(parquet)
+    # the system prompt shows an answer example, which must not be taken as the model's answer
+    system = "Think, search, then answer like <answer> Mount Everest </answer>."
+    call = '<tool_call>{"name": "search", "arguments": {"query": ["q"]}}</tool_call>'
+    release = [  # not in parquet order: idx is the row
+        {
+            "idx": 2,
+            "question": "Largest animal?",
+            "message_str": _chat(
+                system,
+                "Largest animal?",
+                call,
+                "<tool_response>whales</tool_response>",
+                "<answer>the blue whale</answer>",
+            ),
+        },
+        {
+            "idx": 0,
+            "question": "What is the capital of France?",
+            "message_str": _chat(
+                system,
+                "What is the capital of France?",
+                "<answer>Lyon</answer> no, <answer>Paris, France</answer>",
+            ),
+        },
+        {
+            "idx": 1,
+            "question": "Who was the 44th US president?",
+            "message_str": _chat(
+                system,
+                "Who was the 44th US president?",
+                call,
+                "<tool_response>...</tool_response>",
+                "<answer>Barack Hussein Obama</answer>",
+            ),
+        },
+        {
+            "idx": 3,
+            "question": "Highest mountain?",
+            "message_str": _chat(system, "Highest mountain?", "I give up."),
+        },
+    ]
+    rollout = tmp_path / "rollout_step_0.json"
+    rollout.write_text(json.dumps(release))
+    return rollout, parquet
+
+
+def test_release_rollout_scored_with_its_parquet(tmp_path, capsys):
+    rollout, parquet = _release_files(tmp_path)
+    assert cm.main([str(rollout), "--release-parquet", str(parquet)]) == 0
+    table = capsys.readouterr().out
+    scores = json.loads((tmp_path / "rollout_step_0_score.json").read_text())
+    # nq: idx 0 "Paris, France" vs "Paris": P 1/2, R 1 -> F1 2/3, EM 0, cover-EM 1 (the last answer, not "Lyon");
+    #     idx 2 "the blue whale" -> "blue whale": F1 1, EM 1; idx 3 no answer of its own -> 0 (not the
+    #     system prompt's "Mount Everest"). F1 (2/3 + 1 + 0) / 3 = 55.5556, EM 1/3, cover-EM 2/3.
+    assert scores["nq"] | {"turns": None} == {
+        "f1": 55.5556,
+        "em": 33.3333,
+        "cover_em": 66.6667,
+        "n": 3,
+        "turns": None,
+        "tool_calls": 0.3333,
+        "format_ok": None,
+    }
+    # hotpotqa: "barack hussein obama" vs "barack obama": P 2/3, R 1 -> 0.8 (vs "obama" 0.5): F1 80;
+    # EM 0; cover-EM 1 (the alias "obama" occurs in the prediction)
+    assert (scores["hotpotqa"]["f1"], scores["hotpotqa"]["em"], scores["hotpotqa"]["cover_em"]) == (
+        80.0,
+        0.0,
+        100.0,
+    )
+    assert scores["hotpotqa"]["tool_calls"] == 1.0
+    assert scores["overall"]["f1"] == 61.6667  # (2/3 + 1 + 0 + 0.8) / 4
+    assert scores["average"]["f1"] == 67.7778  # (55.5556 + 80) / 2
+    assert "| nq | 3 | 55.6 | 33.3 | 66.7 |" in table and "| hotpotqa | 1 | 80.0 | 0.0 | 100.0 |" in table
+
+
+def test_release_rollout_needs_its_parquet(tmp_path, capsys):
+    rollout, parquet = _release_files(tmp_path)
+    assert cm.main([str(rollout)]) == 2
+    err = capsys.readouterr().err
+    assert "official release's rollout format" in err and "--release-parquet PATH" in err
+    data = json.loads(rollout.read_text())
+    data[1]["question"] = "What is the capital of Spain?"  # rollout and parquet do not belong together
+    rollout.write_text(json.dumps(data))
+    assert cm.main([str(rollout), "--release-parquet", str(parquet)]) == 2
+    err = capsys.readouterr().err
+    assert "1 question(s)" in err and "idx 0: rollout 'What is the capital of Spain?'" in err
+    data[1]["idx"] = 4
+    rollout.write_text(json.dumps(data))
+    assert cm.main([str(rollout), "--release-parquet", str(parquet)]) == 2
+    assert "field 'idx' must be a row number 0..3" in capsys.readouterr().err

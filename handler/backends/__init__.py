@@ -40,30 +40,36 @@ def resolve_paths(cfg: HandlerConfig) -> HandlerConfig:
     return cfg
 
 
-def prepare_index(cfg: HandlerConfig, show_progress: bool = True) -> HandlerConfig:
-    """Build the index for ``cfg.corpus`` unless an up-to-date one is already in ``cfg.index_dir``."""
+def prepare_index(
+    cfg: HandlerConfig, show_progress: bool = True, rebuild: bool = False, verify: bool = True
+) -> HandlerConfig:
+    """Build the index for ``cfg.corpus`` unless an up-to-date, intact one is already in ``cfg.index_dir``
+    (``rebuild``: build anyway). Locked, so servers started together build it once; a damaged index
+    raises ``IndexDamaged`` naming the file and the rebuild command (``verify=False`` leaves that check
+    to the caller, which opens the index next anyway)."""
     cfg = resolve_paths(cfg)
     if cfg.backend == "bm25":
-        from handler.backends.bm25 import build_index, index_is_current
+        from handler.backends.bm25 import ensure_bm25_index
 
-        if index_is_current(cfg.index_dir, cfg.corpus or None, cfg.bm25):
-            log.info("reusing BM25 index %s", cfg.index_dir)
-        elif not cfg.corpus:
-            raise FileNotFoundError(
-                f"no usable BM25 index in {cfg.index_dir!r} and no corpus given to build one"
-            )
-        elif not Path(cfg.corpus).is_file():  # checked before the build is announced
-            raise FileNotFoundError(f"corpus {cfg.corpus!r} does not exist (or is not a file)")
-        else:
-            log.info("building BM25 index of %s into %s", cfg.corpus, cfg.index_dir)
-            build_index(cfg.corpus, cfg.index_dir, cfg.bm25, show_progress=show_progress)
+        ensure_bm25_index(
+            cfg.index_dir,
+            cfg.corpus or None,
+            cfg.bm25,
+            show_progress=show_progress,
+            rebuild=rebuild,
+            verify=verify,
+        )
     elif cfg.backend == "dense":
-        from handler.backends.dense import build_dense_index, dense_index_is_current
+        from handler.backends.dense import ensure_dense_index
 
-        if not dense_index_is_current(cfg.index_dir, cfg.corpus or None, cfg.dense):
-            if not cfg.corpus:
-                raise FileNotFoundError(f"no usable dense index in {cfg.index_dir!r} and no corpus given")
-            build_dense_index(cfg.corpus, cfg.index_dir, cfg.dense, show_progress=show_progress)
+        ensure_dense_index(
+            cfg.index_dir,
+            cfg.corpus or None,
+            cfg.dense,
+            show_progress=show_progress,
+            rebuild=rebuild,
+            verify=verify,
+        )
     return cfg
 
 
@@ -71,7 +77,7 @@ def load_retriever(cfg: HandlerConfig) -> Retriever | None:
     """Load (building first if needed) the configured local backend; None for ``backend: none``."""
     if cfg.backend == "none":
         return None
-    cfg = prepare_index(cfg, show_progress=False)
+    cfg = prepare_index(cfg, show_progress=False, verify=False)  # the retriever checks every file it opens
     if cfg.backend == "bm25":
         from handler.backends.bm25 import Bm25Retriever
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 from collections import Counter
@@ -22,6 +21,17 @@ import numpy as np
 
 from handler.config import Bm25Config
 from handler.corpus import DocStore, Tokenizer, iter_corpus
+from handler.errors import BackendTimeout
+from handler.index_files import (
+    build_atomically,
+    build_lock,
+    check_offsets,
+    damaged,
+    ensure_index,
+    load_npy,
+    read_json,
+    read_meta,
+)
 
 log = logging.getLogger("handler.bm25")
 
@@ -37,24 +47,49 @@ def corpus_fingerprint(corpus: str | Path) -> dict[str, Any]:
 def build_index(
     corpus: str | Path, out_dir: str | Path, cfg: Bm25Config | None = None, show_progress: bool = True
 ) -> dict[str, Any]:
-    """Tokenize the corpus and write a complete index directory atomically; return its meta."""
+    """Tokenize the corpus and write a complete index directory atomically (under its build lock,
+    replacing whatever was there); return its meta."""
     cfg = cfg or Bm25Config()
+    _require_corpus(corpus)
+    with build_lock(out_dir):
+        return build_atomically(out_dir, lambda tmp: _build_into(corpus, tmp, cfg, show_progress))
+
+
+def ensure_bm25_index(
+    index_dir: str | Path,
+    corpus: str | Path | None,
+    cfg: Bm25Config | None = None,
+    show_progress: bool = True,
+    rebuild: bool = False,
+    verify: bool = True,
+) -> dict[str, Any] | None:
+    """Reuse the index in ``index_dir`` if it is current for this corpus and settings and intact
+    (``verify``: every file opened and checked), else build it (``rebuild``: always). Returns the new
+    meta, or None when reused. Locked: concurrent callers build once, the others wait and reuse."""
+    cfg = cfg or Bm25Config()
+    if corpus:
+        _require_corpus(corpus)
+
+    def before_build() -> None:
+        if not corpus:
+            raise FileNotFoundError(
+                f"no usable BM25 index in {str(index_dir)!r} and no corpus given to build one"
+            )
+
+    return ensure_index(
+        index_dir,
+        lambda: index_is_current(index_dir, corpus or None, cfg),
+        lambda tmp: _build_into(corpus, tmp, cfg, show_progress),  # type: ignore[arg-type]
+        lambda: check_bm25_index(index_dir, corpus or None) if verify else None,
+        before_build=before_build,
+        rebuild=rebuild,
+        what="BM25 index",
+    )
+
+
+def _require_corpus(corpus: str | Path) -> None:
     if not Path(corpus).is_file():
         raise FileNotFoundError(f"corpus {str(corpus)!r} does not exist (or is not a file)")
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        meta = _build_into(corpus, tmp, cfg, show_progress)
-    except BaseException:  # a failed or interrupted build leaves no half-written folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return meta
 
 
 def _build_into(corpus: str | Path, tmp: Path, cfg: Bm25Config, show_progress: bool) -> dict[str, Any]:
@@ -102,10 +137,9 @@ def _build_into(corpus: str | Path, tmp: Path, cfg: Bm25Config, show_progress: b
 
 def index_is_current(index_dir: str | Path, corpus: str | Path | None, cfg: Bm25Config) -> bool:
     """True if ``index_dir`` holds a complete index built from this corpus with these settings."""
-    meta_path = Path(index_dir) / "meta.json"
-    if not meta_path.is_file():
+    meta = read_meta(index_dir, corpus)  # IndexDamaged if meta.json is garbage
+    if meta is None:
         return False
-    meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         return False
     if meta.get("tokenizer") != {"stemmer": cfg.stemmer, "stopwords": cfg.stopwords}:
@@ -114,10 +148,60 @@ def index_is_current(index_dir: str | Path, corpus: str | Path | None, cfg: Bm25
         return False
     if corpus is not None:
         fp = corpus_fingerprint(corpus)
-        old = meta.get("corpus", {})
+        old = meta.get("corpus")
+        old = old if isinstance(old, dict) else {}
         if (old.get("size"), old.get("mtime_ns")) != (fp["size"], fp["mtime_ns"]):
             return False
     return True
+
+
+def _open_index(d: Path, corpus: str | Path | None = None) -> tuple[Any, ...]:
+    """Meta, score matrix (data, indices, indptr as int64), vocabulary and document store of an index
+    directory, memory-mapped; ``IndexDamaged`` naming the file if one is garbage, truncated or does not
+    fit the others."""
+    meta = read_meta(d, corpus)
+    if meta is None:
+        raise FileNotFoundError(
+            f"{str(d)!r} is not a BM25 index (no meta.json); build it with `python -m handler index`"
+        )
+    if corpus is None and isinstance(meta.get("corpus"), dict):
+        corpus = meta["corpus"].get("path")
+    tk = meta.get("tokenizer")
+    if meta.get("format") != FORMAT or not isinstance(tk, dict) or not {"stemmer", "stopwords"} <= set(tk):
+        raise damaged(d / "meta.json", f"is not the meta of a {FORMAT} index", corpus)
+    # Plain ndarray views of the memory maps: slicing an np.memmap goes through Python code.
+    data = load_npy(d / "data.csc.index.npy", corpus)
+    indices = load_npy(d / "indices.csc.index.npy", corpus)
+    indptr_path = d / "indptr.csc.index.npy"
+    indptr = load_npy(indptr_path, corpus)
+    if len(data) != len(indices):
+        raise damaged(
+            d / "indices.csc.index.npy", f"has {len(indices)} entries for {len(data)} scores", corpus
+        )
+    check_offsets(indptr_path, indptr, len(data), corpus)
+    vocab_path = d / "vocab.index.json"
+    vocab = read_json(vocab_path, corpus)
+    try:
+        # bm25s adds the empty token (never a query token) after the last column
+        ids = [i for t, i in vocab.items() if t] if isinstance(vocab, dict) else None
+        fits = ids is not None and (not ids or 0 <= min(ids) <= max(ids) < len(indptr) - 1)
+    except TypeError:  # ids that are not numbers
+        fits = False
+    if not fits:
+        raise damaged(vocab_path, "does not match the score matrix", corpus)
+    docs = DocStore(d, corpus)
+    if isinstance(meta.get("n_docs"), int) and len(docs) != meta["n_docs"]:
+        raise damaged(
+            d / "docs_contents_off.npy",
+            f"holds {len(docs)} documents, meta.json says {meta['n_docs']}",
+            corpus,
+        )
+    return meta, data, indices, np.asarray(indptr, dtype=np.int64), vocab, docs
+
+
+def check_bm25_index(index_dir: str | Path, corpus: str | Path | None = None) -> None:
+    """Open every file of an index (headers and sizes only) and raise ``IndexDamaged`` naming a bad one."""
+    _open_index(Path(index_dir), corpus)
 
 
 class _Scratch(threading.local):
@@ -142,20 +226,8 @@ class Bm25Retriever:
 
     def __init__(self, index_dir: str | Path):
         d = Path(index_dir)
-        meta_path = d / "meta.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(
-                f"{str(d)!r} is not a BM25 index (no meta.json); build it with `python -m handler index`"
-            )
-        self.meta = json.loads(meta_path.read_text())
         self.index_dir = d
-        # Plain ndarray views of the memory maps: slicing an np.memmap goes through Python code.
-        self._data = np.asarray(np.load(d / "data.csc.index.npy", mmap_mode="r"))
-        self._indices = np.asarray(np.load(d / "indices.csc.index.npy", mmap_mode="r"))
-        self._indptr = np.asarray(np.load(d / "indptr.csc.index.npy", mmap_mode="r"), dtype=np.int64)
-        with open(d / "vocab.index.json", encoding="utf-8") as f:
-            self._vocab: dict[str, int] = json.load(f)
-        self.docs = DocStore(d)
+        self.meta, self._data, self._indices, self._indptr, self._vocab, self.docs = _open_index(d)
         self.n_docs = len(self.docs)
         tk = self.meta["tokenizer"]
         self.tokenizer = Tokenizer(tk["stemmer"], tk["stopwords"])
@@ -327,9 +399,13 @@ class Bm25Retriever:
                 weights.append(float(c))
         return ids, weights
 
-    def _ranked(self, queries: list[str], topk: int) -> list[tuple[list[int], list[float]]]:
+    def _ranked(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[tuple[list[int], list[float]]]:
         out = []
         for q in queries:
+            if stop is not None and stop.is_set():  # the request timed out: free this thread
+                raise BackendTimeout("search stopped: the request timed out")
             ids, w = self.token_ids(q)
             if not ids:
                 out.append(([], []))
@@ -338,21 +414,24 @@ class Bm25Retriever:
             out.append((docs.tolist(), scores.tolist()))
         return out
 
-    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
-        """Ranked hits per query, in the Search-R1 shape with scores."""
+    def search(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Ranked hits per query, in the Search-R1 shape with scores. When ``stop`` is set (the
+        request timed out) the search raises BackendTimeout before its next query."""
         out = []
-        for docs, scores in self._ranked(queries, topk):
+        for docs, scores in self._ranked(queries, topk, stop):
             hits = []
             for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True):
                 hits.append({"document": {"id": doc_id, "contents": contents}, "score": round(float(s), 6)})
             out.append(hits)
         return out
 
-    def search_json(self, queries: list[str], topk: int) -> list[str]:
+    def search_json(self, queries: list[str], topk: int, stop: threading.Event | None = None) -> list[str]:
         """The same hits as ``search``, each query's list already serialized as JSON text
         (``json.dumps(search(...)[i], ensure_ascii=False)`` up to whitespace)."""
         out = []
-        for docs, scores in self._ranked(queries, topk):
+        for docs, scores in self._ranked(queries, topk, stop):
             parts = [
                 f'{{"document":{{"id":{_jstr(doc_id)},"contents":{_jstr(contents)}}},"score":{round(s, 6)!r}}}'
                 for (doc_id, contents), s in zip(self.docs.get_many(docs), scores, strict=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ import numpy as np
 from handler.backends.bm25 import corpus_fingerprint
 from handler.config import DenseConfig
 from handler.corpus import DocStore, iter_corpus
+from handler.errors import BackendTimeout
+from handler.index_files import build_atomically, build_lock, damaged, ensure_index, read_meta
 
 FORMAT = "igpo-dense-v1"
 
@@ -61,13 +63,49 @@ def _settings(cfg: DenseConfig) -> dict[str, Any]:
 def build_dense_index(
     corpus: str | Path, out_dir: str | Path, cfg: DenseConfig, show_progress: bool = True
 ) -> dict[str, Any]:
-    """Encode the corpus and write a FAISS index plus the document store, atomically."""
+    """Encode the corpus and write a FAISS index plus the document store, atomically and locked."""
+    with build_lock(out_dir):
+        return build_atomically(out_dir, lambda tmp: _build_dense_into(corpus, tmp, cfg, show_progress))
+
+
+def ensure_dense_index(
+    index_dir: str | Path,
+    corpus: str | Path | None,
+    cfg: DenseConfig,
+    show_progress: bool = True,
+    rebuild: bool = False,
+    verify: bool = True,
+) -> dict[str, Any] | None:
+    """Reuse a current, intact dense index or build one (see ``bm25.ensure_bm25_index``)."""
+    if corpus and not Path(corpus).is_file():
+        raise FileNotFoundError(f"corpus {str(corpus)!r} does not exist (or is not a file)")
+
+    def before_build() -> None:
+        if not corpus:
+            raise FileNotFoundError(f"no usable dense index in {str(index_dir)!r} and no corpus given")
+
+    def check() -> None:
+        if verify:
+            d = Path(index_dir)
+            if not (d / "faiss.index").is_file():
+                raise damaged(d / "faiss.index", "is missing", corpus)
+            DocStore(d, corpus)
+
+    return ensure_index(
+        index_dir,
+        lambda: dense_index_is_current(index_dir, corpus or None, cfg),
+        lambda tmp: _build_dense_into(corpus, tmp, cfg, show_progress),  # type: ignore[arg-type]
+        check,
+        before_build=before_build,
+        rebuild=rebuild,
+        what="dense index",
+    )
+
+
+def _build_dense_into(corpus: str | Path, tmp: Path, cfg: DenseConfig, show_progress: bool) -> dict[str, Any]:
+    """Write the dense index of ``corpus`` into the (empty) folder ``tmp``; return its meta."""
     import faiss
 
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     t0 = time.time()
     ids, contents = [], []
     for doc_id, text in iter_corpus(corpus):
@@ -102,21 +140,19 @@ def build_dense_index(
         "dense": _settings(cfg),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
     return meta
 
 
 def dense_index_is_current(index_dir: str | Path, corpus: str | Path | None, cfg: DenseConfig) -> bool:
     """True if the directory holds a dense index of this corpus with this model and index type."""
-    p = Path(index_dir) / "meta.json"
-    if not p.is_file():
+    meta = read_meta(index_dir, corpus)  # IndexDamaged if meta.json is garbage
+    if meta is None:
         return False
-    meta = json.loads(p.read_text())
     if meta.get("format") != FORMAT or meta.get("dense") != _settings(cfg):
         return False
     if corpus is not None:
-        fp, old = corpus_fingerprint(corpus), meta.get("corpus", {})
+        fp, old = corpus_fingerprint(corpus), meta.get("corpus")
+        old = old if isinstance(old, dict) else {}
         return (old.get("size"), old.get("mtime_ns")) == (fp["size"], fp["mtime_ns"])
     return True
 
@@ -130,10 +166,19 @@ class DenseRetriever:
         import faiss
 
         d = Path(index_dir)
-        self.meta = json.loads((d / "meta.json").read_text())
+        meta = read_meta(d)
+        if meta is None:
+            raise FileNotFoundError(f"{str(d)!r} is not a dense index (no meta.json)")
+        self.meta = meta
         self.index_dir = d
-        self.index = faiss.read_index(str(d / "faiss.index"))
-        self.docs = DocStore(d)
+        corpus = meta["corpus"].get("path") if isinstance(meta.get("corpus"), dict) else None
+        try:
+            self.index = faiss.read_index(str(d / "faiss.index"))
+        except RuntimeError as e:
+            raise damaged(
+                d / "faiss.index", f"cannot be read by FAISS ({str(e).splitlines()[0]})", corpus
+            ) from None
+        self.docs = DocStore(d, corpus)
         self.model = _encoder(cfg)
         self.cache_tag = f"dense@{self.meta.get('built_at', 0):.6f}"
 
@@ -151,9 +196,22 @@ class DenseRetriever:
             "index_type": self.meta["dense"]["index_type"],
         }
 
-    def search(self, queries: list[str], topk: int) -> list[list[dict[str, Any]]]:
-        """Ranked hits per query by cosine similarity."""
-        q = self.model.encode(queries, normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    STOP_CHUNK = 1024  # queries encoded between two looks at ``stop``
+
+    def search(
+        self, queries: list[str], topk: int, stop: threading.Event | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Ranked hits per query by cosine similarity. When ``stop`` is set (the request timed out)
+        the search raises BackendTimeout before its next chunk of ``STOP_CHUNK`` queries."""
+        if not queries:
+            return []
+        parts = []
+        for start in range(0, len(queries), self.STOP_CHUNK):
+            if stop is not None and stop.is_set():
+                raise BackendTimeout("search stopped: the request timed out")
+            chunk = queries[start : start + self.STOP_CHUNK]
+            parts.append(self.model.encode(chunk, normalize_embeddings=True, convert_to_numpy=True))
+        q = (np.concatenate(parts) if len(parts) > 1 else parts[0]).astype(np.float32)
         scores, idx = self.index.search(q, min(topk, len(self.docs)))
         out = []
         for row_s, row_i in zip(scores.tolist(), idx.tolist(), strict=True):

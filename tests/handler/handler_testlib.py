@@ -199,12 +199,20 @@ class Server:
     """A ``python -m handler serve`` process on a free loopback port."""
 
     def __init__(
-        self, workdir: Path, config: dict, env: dict[str, str] | None = None, extra: list[str] | None = None
+        self,
+        workdir: Path,
+        config: dict,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+        launcher: Path | None = None,
     ):
+        """``launcher``: a script run instead of ``-m handler`` (it calls ``handler.__main__.main``
+        with its arguments after patching something, e.g. a deliberately slow backend)."""
         self.workdir = workdir
         self.config = config
         self.env = env or {}
         self.extra = extra or []
+        self.launcher = launcher
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"server-{self.port}.log"
@@ -223,8 +231,7 @@ class Server:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "handler",
+                *([str(self.launcher)] if self.launcher else ["-m", "handler"]),
                 "serve",
                 "--config",
                 str(cfg_path),

@@ -151,7 +151,7 @@ def test_middleware_non_numeric_content_length_is_400(tmp_path) -> None:
     from handler.config import load_config
 
     cfg = load_config(None, {"cache.enabled": False, "web_enabled": False, "backend": "none"})
-    with TestClient(create_app(cfg, None), raise_server_exceptions=False) as c:
+    with TestClient(create_app(cfg, None), raise_server_exceptions=False, base_url="http://127.0.0.1") as c:
         for length in ("abc", "\u00b2", "1.5"):
             r = c.post("/retrieve", content=b"{}", headers={"content-length": length.encode("latin-1")})
             assert r.status_code == 400 and "is not a number" in r.json()["detail"], (length, r.text)

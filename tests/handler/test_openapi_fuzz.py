@@ -136,9 +136,9 @@ def test_schema_describes_bodies_answers_and_content_types(server: Server) -> No
     assert browse["required"] == ["url_list"] and browse["properties"]["url_list"]["maxItems"] == 5
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     for path, codes in [
-        ("/retrieve", {"400", "413", "422", "502", "503", "504"}),
-        ("/tools/web_search", {"400", "413", "422", "502", "503", "504"}),
-        ("/tools/browse_webpage", {"400", "403", "413", "422", "502", "503", "504"}),
+        ("/retrieve", {"400", "408", "413", "415", "421", "422", "502", "503", "504"}),
+        ("/tools/web_search", {"400", "408", "413", "415", "421", "422", "502", "503", "504"}),
+        ("/tools/browse_webpage", {"400", "403", "408", "413", "415", "421", "422", "502", "503", "504"}),
     ]:
         answers = paths[path]["post"]["responses"]
         assert set(answers) == {"200", *codes}, path
@@ -146,6 +146,9 @@ def test_schema_describes_bodies_answers_and_content_types(server: Server) -> No
         for code in codes:
             assert answers[code]["content"]["application/json"]["schema"] == error_ref, (path, code)
     assert set(paths["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
+    assert set(paths["/metrics"]["get"]["responses"]) == {"200", "421"}
+    assert set(paths["/health"]["get"]["responses"]) == {"200", "403", "421", "422"}
+    assert [p["name"] for p in paths["/health"]["get"]["parameters"]] == ["verbose"]
     assert set(doc["components"]["schemas"]["ErrorBody"]["required"]) == {"error", "detail"}
 
 

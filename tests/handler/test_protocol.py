@@ -89,15 +89,16 @@ def test_query_with_no_known_terms_gives_empty_list(server: Server) -> None:
     assert r.json() == {"result": [[], []]}
 
 
-def test_accepts_json_without_content_type(server: Server) -> None:
+def test_refuses_json_sent_as_another_content_type(server: Server) -> None:
+    """A text/plain POST is what a web page can send without a CORS preflight (see test_neighbours)."""
     r = httpx.post(
         server.url + "/retrieve",
         content=json.dumps({"query": "Canberra", "topk": 1}),
         timeout=10,
         headers={"content-type": "text/plain"},
     )
-    assert r.status_code == 200
-    assert r.json()["result"][0][0]["id"] == CANBERRA
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
+    assert "header Content-Type: 'text/plain'" in r.json()["detail"]
 
 
 def test_health_reports_backend_corpus_index_cache(server: Server) -> None:
@@ -176,7 +177,9 @@ def test_oversized_chunked_body_is_413(server: Server) -> None:
         for _ in range(300):
             yield b" " * 1000
 
-    r = httpx.post(server.url + "/retrieve", content=gen(), timeout=10)
+    r = httpx.post(
+        server.url + "/retrieve", content=gen(), headers={"content-type": "application/json"}, timeout=10
+    )
     assert r.status_code == 413 and "exceeds the limit of 200000 bytes" in r.json()["detail"]
 
 
