@@ -35,6 +35,7 @@ from handler.cache import Cache, cache_key, normalize_query
 from handler.config import HandlerConfig, load_config
 from handler.errors import BackendFailure, BackendTimeout, BadInput, Forbidden, HandlerError, Unavailable
 from handler.hostcheck import HostCheck, host_name
+from handler.jobs import JobSlots
 from handler.reader import Reader
 from handler.redact import install_log_redaction, redact, watch_config
 from handler.schema import (
@@ -375,8 +376,8 @@ class State:
         self.started = time.time()
         self.cache: Cache | None = None
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="retrieve")
-        self.backend_jobs = 0  # /retrieve batches running or waiting in the executor (threads included
-        self.jobs_lock = threading.Lock()  # that outlive their request's timeout)
+        # /retrieve batches running or waiting in the executor (threads that outlive their request too)
+        self.backend_jobs = JobSlots(cfg.limits.max_backend_jobs)
         self.http: httpx.AsyncClient | None = None
         self.web: WebSearch | None = None
         self.reader: Reader | None = None
@@ -437,35 +438,21 @@ def create_app(cfg: HandlerConfig, retriever: Any = None) -> FastAPI:
     app.add_middleware(_Observe, cfg=cfg, metrics=metrics)
 
     # -- helpers
-    def _release_job(_: Any) -> None:
-        with st.jobs_lock:
-            st.backend_jobs -= 1
-
     async def run_backend(fn: Any, *args: Any) -> Any:
         """Run a blocking backend call with the retrieve timeout; a timeout is a 504, a crash a 502.
 
         At most ``limits.max_backend_jobs`` calls run or wait for a thread; one more is a quick 503.
         On a timeout a waiting call is dropped and a running one is told to stop (backends whose
         search takes ``stop`` check it between queries), so its thread is soon free again."""
-        limit = cfg.limits.max_backend_jobs
-        with st.jobs_lock:
-            busy = st.backend_jobs >= limit
-            if not busy:
-                st.backend_jobs += 1
-        if busy:
-            raise Unavailable(
-                f"the {cfg.backend} backend is busy: {limit} batches are running or waiting "
-                "(limits.max_backend_jobs); retry in a moment",
-                kind="busy",
-            )
         stop = threading.Event()
         kwargs = {"stop": stop} if _takes_stop(getattr(fn, "__func__", fn)) else {}
-        try:
-            cfut = st.executor.submit(fn, *args, **kwargs)
-        except BaseException:
-            _release_job(None)
-            raise
-        cfut.add_done_callback(_release_job)
+        cfut = st.backend_jobs.submit(st.executor, fn, *args, **kwargs)
+        if cfut is None:
+            raise Unavailable(
+                f"the {cfg.backend} backend is busy: {cfg.limits.max_backend_jobs} batches are running or "
+                "waiting (limits.max_backend_jobs); retry in a moment",
+                kind="busy",
+            )
         try:
             return await asyncio.wait_for(asyncio.wrap_future(cfut), cfg.retrieve_timeout_s)
         except (TimeoutError, asyncio.TimeoutError):

@@ -12,9 +12,8 @@ import ipaddress
 import logging
 import re
 import socket
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import idna
 from handler.config import ReaderConfig, secret
 from handler.errors import BackendFailure, BackendTimeout, BadInput, Forbidden
 from handler.http import request_with_retry
+from handler.jobs import JobSlots
 
 log = logging.getLogger("handler.reader")
 
@@ -253,8 +253,8 @@ class Reader:
         self.pages = pinned_client()  # model-written URLs: connections pinned to checked addresses
         self.guard = UrlGuard(cfg.allow_hosts)
         self.parser = ThreadPoolExecutor(max_workers=self.PARSE_THREADS, thread_name_prefix="html2text")
-        self.parse_jobs = 0  # running or waiting in self.parser (a running job whose request is gone too)
-        self.parse_lock = threading.Lock()
+        # pages parsed or waiting in self.parser (a running parse whose request is gone too)
+        self.parse_jobs = JobSlots(cfg.max_parse_jobs)
 
     async def aclose(self) -> None:
         """Close the page client's connections and stop the parser threads."""
@@ -264,29 +264,15 @@ class Reader:
     def llm_configured(self) -> bool:
         return bool(self.cfg.llm.base_url)
 
-    def _parse_done(self, _: Future | None) -> None:
-        with self.parse_lock:
-            self.parse_jobs -= 1
-
     async def _off_loop(self, fn: Callable[..., str], *args: Any) -> str:
         """``fn(*args)`` on a parser thread; ParserBusy when ``reader.max_parse_jobs`` are taken. The slot
         is held until the call ends, even when the request that asked for it is gone."""
-        limit = self.cfg.max_parse_jobs
-        with self.parse_lock:
-            busy = self.parse_jobs >= limit
-            if not busy:
-                self.parse_jobs += 1
-        if busy:
+        cfut = self.parse_jobs.submit(self.parser, fn, *args)
+        if cfut is None:
             raise ParserBusy(
-                f"the handler is busy parsing other pages (reader.max_parse_jobs: {limit} being parsed or "
-                "waiting); try again in a moment"
+                f"the handler is busy parsing other pages (reader.max_parse_jobs: {self.cfg.max_parse_jobs} "
+                "being parsed or waiting); try again in a moment"
             )
-        try:
-            cfut = self.parser.submit(fn, *args)
-        except BaseException:
-            self._parse_done(None)
-            raise
-        cfut.add_done_callback(self._parse_done)
         return await asyncio.wrap_future(cfut)  # cancelled with its request: a waiting job never starts
 
     async def fetch(self, url: str, field: str) -> tuple[str, str]:

@@ -39,8 +39,6 @@ import numpy as np
 
 from igpo.local.train import DEFAULT_CONFIG
 
-MODE_NAMES = {"f1+ig": "IGPO", "f1": "GRPO", "ig": "IG only"}
-
 #: task variants: overrides of configs/local.yaml (the pilots behind them: docs/benchmarks.md)
 VARIANTS: dict[str, list[str]] = {
     # the embedded default: 1-3 hops, the teacher stops early half of the time

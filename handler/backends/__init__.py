@@ -49,27 +49,23 @@ def prepare_index(
     to the caller, which opens the index next anyway)."""
     cfg = resolve_paths(cfg)
     if cfg.backend == "bm25":
-        from handler.backends.bm25 import ensure_bm25_index
+        from handler.backends.bm25 import ensure_bm25_index as ensure
 
-        ensure_bm25_index(
-            cfg.index_dir,
-            cfg.corpus or None,
-            cfg.bm25,
-            show_progress=show_progress,
-            rebuild=rebuild,
-            verify=verify,
-        )
+        settings: Any = cfg.bm25
     elif cfg.backend == "dense":
-        from handler.backends.dense import ensure_dense_index
+        from handler.backends.dense import ensure_dense_index as ensure
 
-        ensure_dense_index(
-            cfg.index_dir,
-            cfg.corpus or None,
-            cfg.dense,
-            show_progress=show_progress,
-            rebuild=rebuild,
-            verify=verify,
-        )
+        settings = cfg.dense
+    else:
+        return cfg
+    ensure(
+        cfg.index_dir,
+        cfg.corpus or None,
+        settings,
+        show_progress=show_progress,
+        rebuild=rebuild,
+        verify=verify,
+    )
     return cfg
 
 

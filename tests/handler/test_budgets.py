@@ -109,3 +109,31 @@ def test_config_keys_are_checked() -> None:
         load_config(None, {"reader.max_parse_jobs": 0})
     with pytest.raises(ConfigError, match="'cache.memory_mb'"):
         load_config(None, {"cache.memory_mb": -1})
+
+
+def test_job_slots_cap_jobs_until_they_really_end():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from handler.jobs import JobSlots
+
+    gate = threading.Event()
+    slots = JobSlots(2)
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        running = slots.submit(ex, gate.wait)
+        waiting = slots.submit(ex, lambda: "queued")
+        assert running is not None and waiting is not None
+        assert slots.submit(ex, lambda: "third") is None and slots.count == 2  # full: nothing submitted
+        assert waiting.cancel() and slots.count == 1  # a job cancelled before it started gives its slot back
+        gate.set()
+        running.result(timeout=5)
+        deadline = time.monotonic() + 5  # the done callback runs just after the waiters are woken
+        while slots.count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slots.count == 0
+        assert slots.submit(ex, lambda: 7).result(timeout=5) == 7
+    ex.shutdown()
+    with pytest.raises(RuntimeError):  # submission itself fails: the slot is not kept
+        slots.submit(ex, lambda: 1)
+    assert slots.count == 0
